@@ -119,6 +119,17 @@ def projection_init(kind: str, std: float):
     return init
 
 
+def table_param(module: nn.Module, init, shape, dtype, ids_are_rows: bool, name: str = "table") -> jax.Array:
+    """Declare a row table, or, on the row-sparse path, take the batch's gathered rows in its place.
+
+    The row-sparse train step substitutes ``[U, width]`` unique rows for the ``[n_total, width]`` table, which
+    ``Module.param`` would reject for its shape.
+    """
+    if ids_are_rows and module.has_variable("params", name):
+        return module.get_variable("params", name)
+    return module.param(name, init, shape, dtype)
+
+
 class Embeddings(nn.Module):
     """Embeddings of all categorical fields: ``ids [B, S] -> emb [B, F, d]``.
 
@@ -156,8 +167,8 @@ class Embeddings(nn.Module):
             ``[B, F, d]`` embeddings.
         """
         spec, n_fields = self.spec, len(self.vocab_sizes)
-        table = self.param("table", table_init(spec.table_init, self.vocab_sizes, spec.table_std),
-                           (int(sum(self.vocab_sizes)), spec.width), self.param_dtype)
+        table = table_param(self, table_init(spec.table_init, self.vocab_sizes, spec.table_std),
+                            (int(sum(self.vocab_sizes)), spec.width), self.param_dtype, ids_are_rows)
         rows_BxS = ids_BxS if ids_are_rows else self.row_ids(ids_BxS)
         slots = self._slots()
         if all(s == 1 for s in slots):

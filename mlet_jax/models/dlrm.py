@@ -1,0 +1,59 @@
+"""DLRM (Naumov et al., 2019) with single-layer or MLET embeddings.
+
+``x = bottom_mlp(dense)`` (ending in ``d``, ReLU on every layer as in the reference);
+``T = [x, e_1, ..., e_F]`` (``F + 1`` vectors of size ``d``); ``z = {<T_i, T_j>: i < j}``;
+``logit = top_mlp([x, z])`` with hidden layers 512 -> 256 and a linear output.
+
+The paper's bottom MLPs: Criteo 512 -> 256 -> 128 -> d, Avazu 256 -> 128 -> d; the top MLP is 512 -> 256 -> 1 on
+both. Initialization follows the DLRM reference: dense weights N(0, sqrt(2 / (fan_in + fan_out))), biases
+N(0, sqrt(1 / fan_out)), tables U(+-1/sqrt(n_field)). With no dense features the bottom MLP is dropped and only the
+embeddings interact.
+
+References:
+    Naumov et al., "Deep Learning Recommendation Model for Personalization and Recommendation Systems",
+    arXiv:1906.00091. Deng et al., MLET, arXiv:2309.15881.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mlet_jax.embeddings import Embeddings, EmbeddingSpec
+from mlet_jax.models.layers import MLP, dot_interaction
+
+CRITEO_BOTTOM = (512, 256, 128)
+AVAZU_BOTTOM = (256, 128)
+
+
+class DLRM(nn.Module):
+    """DLRM: ``(dense [B, num_dense], ids [B, S]) -> logits [B]``."""
+
+    vocab_sizes: tuple[int, ...]
+    num_dense: int
+    embedding: EmbeddingSpec
+    bottom_mlp: tuple[int, ...] = CRITEO_BOTTOM
+    top_mlp: tuple[int, ...] = (512, 256)
+    slots: tuple[int, ...] | None = None
+    pooling: str = "sum"
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
+                 train: bool = False) -> jax.Array:
+        emb_BxFxD = Embeddings(self.vocab_sizes, self.embedding, self.slots, self.pooling, self.param_dtype,
+                               name="embeddings")(ids_BxS, ids_are_rows=ids_are_rows)
+        vecs = emb_BxFxD
+        parts = []
+        if self.num_dense:
+            x_BxD = MLP((*self.bottom_mlp, self.embedding.dim), init="dlrm", param_dtype=self.param_dtype,
+                        name="bottom_mlp")(dense_BxD.astype(self.param_dtype))
+            vecs = jnp.concatenate([x_BxD[:, None, :], emb_BxFxD], axis=1)
+            parts.append(x_BxD)
+        parts.append(dot_interaction(vecs))
+        top = MLP((*self.top_mlp, 1), activate_last=False, init="dlrm", param_dtype=self.param_dtype,
+                  name="top_mlp")(jnp.concatenate(parts, axis=1))
+        return top[:, 0]
