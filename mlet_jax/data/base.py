@@ -15,7 +15,6 @@ Conventions (row-major, ids per field are *local*: ``0 <= id < vocab_sizes[f]``)
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -153,7 +152,7 @@ class Dataset:
 def count_ids(ids_NxS: np.ndarray, schema: Schema) -> tuple[np.ndarray, ...]:
     """Per-field occurrence counts of each id (bag padding ignored)."""
     out, col = [], 0
-    for v, s in zip(schema.vocab_sizes, schema.slots):
+    for v, s in zip(schema.vocab_sizes, schema.slots, strict=True):
         x = np.asarray(ids_NxS[:, col:col + s]).ravel()
         x = x[x >= 0]
         out.append(np.bincount(x, minlength=v).astype(np.int64))

@@ -33,7 +33,7 @@ DEFAULTS = {"min_count": 1, "hash_buckets": None, "vocab_split": "train", "days"
 def parse_block(data: bytes, line_no: np.ndarray, path: str, bad: BadRows):
     """Parse whole tab-separated lines into (label, dense, keys[26]) with every bad value checked."""
     df = pl.read_csv(data, has_header=False, separator="\t", quote_char=None,
-                     schema=dict.fromkeys(COLUMNS, pl.String), rechunk=False)
+                     schema=dict.fromkeys(COLUMNS, pl.String))
     p = df.select(pl.col("label").str.to_integer(strict=False),
                   *[pl.col(c).str.to_integer(strict=False) for c in DENSE],
                   *[pl.col(c).str.to_integer(base=16, strict=False) for c in CATS])
