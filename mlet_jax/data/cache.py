@@ -96,7 +96,7 @@ class CacheWriter:
             del a
         self._arrays.clear()
         with open(self.file("schema.json.part"), "w") as fh:
-            json.dump({"format": FORMAT, **meta}, fh, indent=1, sort_keys=True)
+            json.dump({**meta, "format": FORMAT}, fh, indent=1, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(self.file("schema.json.part"), self.file("schema.json"))

@@ -11,6 +11,7 @@ missing -> 0 and optional ``log1p`` (negatives -> 0 first, as for Criteo). Split
 from __future__ import annotations
 
 import codecs
+import gzip
 
 import numpy as np
 import polars as pl
@@ -62,9 +63,15 @@ def _batches(path: str, fmt: str, o: dict, columns: list[str], bad: BadRows):
     except LookupError as e:
         raise DataFormatError(path, f"unknown encoding {o['encoding']!r}") from e
 
-    def on_invalid(r):
-        bad.check(path, np.ones(1, bool), np.array([r.number or 0]), None,
-                  f"expected {r.expected_columns} fields, found {r.actual_columns}")
+    pending: list[DataFormatError] = []
+
+    def on_invalid(r):  # pyarrow swallows exceptions raised here: keep the error, raise it after
+        msg = f"expected {r.expected_columns} fields, found {r.actual_columns}"
+        if bad.policy == "error":
+            pending.append(DataFormatError(path, msg, line=r.number))
+            return "error"
+        if len(bad.examples) < bad.keep_examples:
+            bad.examples.append(str(DataFormatError(path, msg, line=r.number)))
         bad.drop(np.ones(1, bool))
         return "skip"
 
@@ -77,11 +84,13 @@ def _batches(path: str, fmt: str, o: dict, columns: list[str], bad: BadRows):
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()),
                                                  include_columns=columns, strings_can_be_null=True,
                                                  quoted_strings_can_be_null=True))
-    except pa.ArrowInvalid as e:
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
+        if pending:
+            raise pending[0] from e
         msg = str(e)
         if "include_columns" in msg or "not found" in msg.lower():
-            with open(path, "rb") as fh:
-                head = (fh.read(1 << 16) if not is_gzip(path) else b"")
+            with (gzip.open if is_gzip(path) else open)(path, "rb") as fh:
+                head = fh.read(1 << 16)
             names = head.split(b"\n")[0].decode(o["encoding"], "replace").rstrip("\r").split(o["separator"])
             _check_columns(path, [n.strip('"') for n in names], columns, o["label"])
         raise DataFormatError(path, f"cannot read CSV: {msg}", line=1) from e
@@ -96,6 +105,8 @@ def _batches(path: str, fmt: str, o: dict, columns: list[str], bad: BadRows):
         except DataFormatError:
             raise
         except (pa.ArrowInvalid, OSError, EOFError) as e:
+            if pending:
+                raise pending[0] from e
             raise DataFormatError(path, f"cannot read after data row {row - 1}: {e}", row=row) from e
         yield b, row
         row += b.num_rows
@@ -144,7 +155,7 @@ def build(path: str, writer, *, progress: bool = False, **o) -> tuple:
         codes = splits.ordered_split(None, store.n, o["test_fraction"], o["valid_fraction"])
     schema, info = finalize(store, codes, writer, min_count=o["min_count"], hash_buckets=o["hash_buckets"],
                             vocab_split=o["vocab_split"], progress=progress)
-    return schema, info | {"rows": store.n, "format": fmt, **bad.summary()}
+    return schema, info | {"rows": store.n, "input_format": fmt, **bad.summary()}
 
 
 def _convert(df: pl.DataFrame, row0: int, path: str, o: dict, cats, nums, bad: BadRows):
