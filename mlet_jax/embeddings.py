@@ -153,7 +153,7 @@ class Embeddings(nn.Module):
     def row_ids(self, ids_BxS: jax.Array) -> jax.Array:
         """Fused table rows of local per-field ids (padding -1 stays -1)."""
         off_S = jnp.asarray(np.repeat(field_offsets(self.vocab_sizes), self._slots()), jnp.int32)
-        return jnp.where(ids_BxS >= 0, ids_BxS + off_S, -1)
+        return jnp.where(ids_BxS >= 0, ids_BxS + off_S[None, :], -1)
 
     @nn.compact
     def __call__(self, ids_BxS: jax.Array, *, ids_are_rows: bool = False) -> jax.Array:

@@ -1,0 +1,247 @@
+"""Train one model and report its quality: the library's main entry point.
+
+    python -m mlet_jax.train --model dlrm --embedding mlet --d 8 --k 64 --dataset synthetic --epochs 1 --seed 0 \
+        --out results/run.json
+
+The last line printed (and the file ``--out``) is one JSON object with the test AUC, LogLoss and PR-AUC, training
+samples/s, parameter counts at training and inference time, the collapse check, and every setting of the run.
+:func:`run` does the same from Python and is what the experiments call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from mlet_jax.embeddings import EmbeddingSpec, count_params
+from mlet_jax.optim import OptimizerSpec
+from mlet_jax.training import TrainConfig, Trainer, fit
+
+# The paper's optimizer and projection init per model (Table 2, appendix A.3).
+PAPER_OPTIMIZER = {"dlrm": ("sgd", 0.2)}
+DEFAULT_OPTIMIZER = ("adagrad", 0.02)
+PAPER_PROJECTION_STD = {"dlrm": 0.25}
+DEFAULT_PROJECTION_STD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one training run (``None`` means the paper's default for the model)."""
+
+    model: str = "dlrm"
+    embedding: str = "single"
+    d: int = 16
+    k: int | None = None
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    data_options: tuple[tuple[str, Any], ...] = ()
+    epochs: int = 1
+    seed: int = 0
+    batch_size: int = 256
+    optimizer: str | None = None
+    lr: float | None = None
+    table_lr_mult: float = 1.0
+    weight_decay: float = 0.0
+    table_init: str = "uniform"
+    table_std: float = 1e-4
+    projection_init: str = "normal"
+    projection_std: float | None = None
+    sparse_tables: bool | None = None
+    loss_reduction: str = "mean"
+    model_options: tuple[tuple[str, Any], ...] = ()
+    eval_every: int | None = None
+    early_stopping_patience: int | None = None
+    eval_batch_size: int = 8192
+
+    def __post_init__(self):
+        if self.embedding not in ("single", "mlet"):
+            raise ValueError(f"--embedding must be 'single' or 'mlet', got {self.embedding!r}")
+        if self.embedding == "mlet" and self.k is None:
+            raise ValueError("--embedding mlet needs --k (the inner dimension)")
+        if self.epochs < 1 or self.batch_size < 1 or self.d < 1:
+            raise ValueError("--epochs, --batch-size and --d must be >= 1")
+        if self.table_lr_mult <= 0:
+            raise ValueError(f"--table-lr-mult must be > 0, got {self.table_lr_mult}")
+
+    @property
+    def optimizer_spec(self) -> OptimizerSpec:
+        name, lr = PAPER_OPTIMIZER.get(self.model, DEFAULT_OPTIMIZER)
+        return OptimizerSpec(self.optimizer or name, self.lr if self.lr is not None else lr,
+                             weight_decay=self.weight_decay)
+
+    @property
+    def embedding_spec(self) -> EmbeddingSpec:
+        std = self.projection_std
+        if std is None:
+            std = PAPER_PROJECTION_STD.get(self.model, DEFAULT_PROJECTION_STD)
+        return EmbeddingSpec(kind=self.embedding, dim=self.d, inner_dim=self.k if self.embedding == "mlet" else None,
+                             table_init=self.table_init, table_std=self.table_std,
+                             projection_init=self.projection_init, projection_std=std)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        opt = self.optimizer_spec
+        tables = opt.scaled(self.table_lr_mult) if self.table_lr_mult != 1.0 else None
+        return TrainConfig(optimizer=opt, table_optimizer=tables, sparse_tables=self.sparse_tables,
+                           loss_reduction=self.loss_reduction)
+
+    def resolved(self) -> dict:
+        """The settings with the paper defaults filled in (what the JSON reports)."""
+        out = dataclasses.asdict(self)
+        out["optimizer"], out["lr"] = self.optimizer_spec.name, self.optimizer_spec.lr
+        out["projection_std"] = self.embedding_spec.projection_std
+        out["data_options"] = dict(self.data_options)
+        out["model_options"] = dict(self.model_options)
+        out["sparse_tables"] = self.train_config.sparse
+        return out
+
+
+def load(cfg: RunConfig):
+    from mlet_jax.data.registry import load_dataset
+
+    return load_dataset(cfg.dataset, cfg.data_dir, **dict(cfg.data_options))
+
+
+def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: bool = False) -> dict:
+    """Train and evaluate one model; returns the result record (see the module docstring).
+
+    ``dataset`` skips loading (experiments reuse one dataset across runs). With ``keep_state`` the record also
+    holds ``"_state"``, ``"_trainer"`` and ``"_dataset"`` for further analysis (not JSON-serializable).
+    """
+    from mlet_jax.models import build_model, collapse_model
+
+    ds = dataset if dataset is not None else load(cfg)
+    model = build_model(cfg.model, ds.schema, cfg.embedding_spec, **dict(cfg.model_options))
+    trainer = Trainer(model, cfg.train_config)
+    t0 = time.perf_counter()
+    state, hist = fit(trainer, ds.train, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+                      valid=ds.valid, eval_every=cfg.eval_every,
+                      early_stopping_patience=cfg.early_stopping_patience, progress=progress)
+    wall = time.perf_counter() - t0
+    logits = trainer.predict(state.params, ds.test, cfg.eval_batch_size)
+    from mlet_jax.metrics import binary_metrics
+
+    test = binary_metrics(ds.test.label, logits)
+    served_model, served_params = collapse_model(model, state.params)
+    rec: dict[str, Any] = {
+        "test_auc": test["auc"], "test_logloss": test["logloss"], "test_pr_auc": test["pr_auc"],
+        "valid": hist.evals[-1] if hist.evals else None,
+        "train_samples_per_s": hist.samples_per_second,
+        "first_step_s": hist.first_step_seconds,
+        "wall_s": wall,
+        "params_train": count_params(state.params),
+        "params_inference": count_params(served_params),
+        "embedding_params_inference": ds.schema.total_rows * cfg.d,
+        "steps": int(state.step),
+        "final_loss": hist.losses[-1] if hist.losses else None,
+        "settings": cfg.resolved(),
+        "dataset_meta": {k: v for k, v in ds.meta.items() if not isinstance(v, np.ndarray)},
+        "machine": {"platform": platform.platform(), "backend": jax.default_backend(),
+                    "devices": len(jax.devices()), "cpus": os.cpu_count(), "jax": jax.__version__},
+    }
+    if cfg.embedding == "mlet":
+        n = min(len(ds.test), 4096)
+        served = Trainer(served_model, cfg.train_config).predict(served_params, ds.test.take(slice(0, n)))
+        rec["collapse_max_abs_diff"] = float(np.max(np.abs(served - logits[:n])))
+    if keep_state:
+        rec.update(_state=state, _trainer=trainer, _dataset=ds, _test_logits=logits)
+    return rec
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        val = json.loads(v)
+    except json.JSONDecodeError:
+        val = v
+    if isinstance(val, list):
+        val = tuple(val)
+    return k.replace("-", "_"), val
+
+
+def _tri(text: str) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[text]
+
+
+def parser() -> argparse.ArgumentParser:
+    from mlet_jax.models import MODELS
+
+    p = argparse.ArgumentParser(prog="python -m mlet_jax.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="dlrm", choices=sorted(MODELS), help="CTR model")
+    p.add_argument("--embedding", default="single", choices=["single", "mlet"],
+                   help="single-layer table or MLET (table n x k times projection k x d)")
+    p.add_argument("--d", type=int, default=16, help="embedding dimension d")
+    p.add_argument("--k", type=int, default=None, help="MLET inner dimension k (required for --embedding mlet)")
+    p.add_argument("--dataset", default="synthetic",
+                   help="synthetic | criteo | avazu | movielens | table | arrays")
+    p.add_argument("--data-dir", default=None, help="raw file/folder, prepared cache, or .npz prefix (arrays)")
+    p.add_argument("--data-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, repeatable (e.g. n_train=100000, min_count=4)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="parameter init, data order and dropout")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--optimizer", choices=["sgd", "adagrad"], default=None,
+                   help="default: the paper's (SGD for DLRM, Adagrad otherwise), with torch semantics")
+    p.add_argument("--lr", type=float, default=None, help="default: the paper's (0.2 SGD for DLRM, 0.02 Adagrad)")
+    p.add_argument("--table-lr-mult", type=float, default=1.0,
+                   help="multiply the learning rate of embedding tables (the control for MLET claims)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="torch-style coupled weight decay")
+    p.add_argument("--table-init", choices=["uniform", "normal", "xavier"], default="uniform",
+                   help="uniform: U(+-1/sqrt(n_field)); normal: N(0, --table-std); xavier: Glorot uniform")
+    p.add_argument("--table-std", type=float, default=1e-4)
+    p.add_argument("--projection-init", choices=["normal", "uniform", "xavier"], default="normal")
+    p.add_argument("--projection-std", type=float, default=None,
+                   help="MLET projection init std (default: 0.25 for DLRM, 0.5 otherwise, as the paper)")
+    p.add_argument("--sparse-tables", type=_tri, default=None, choices=[None, True, False], metavar="auto|on|off",
+                   help="row-sparse table updates (auto: whenever exact)")
+    p.add_argument("--loss-reduction", choices=["mean", "sum"], default="mean")
+    p.add_argument("--model-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="model setting, repeatable (e.g. bottom_mlp=[256,128])")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
+    p.add_argument("--early-stopping", type=int, default=None, dest="early_stopping_patience",
+                   help="stop after this many evaluations without a better validation AUC")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in fields}
+    kw["data_options"] = tuple(args.data_option)
+    kw["model_options"] = tuple(args.model_option)
+    try:
+        cfg = RunConfig(**kw)
+    except ValueError as e:
+        parser().error(str(e))
+    rec = run(cfg, progress=not args.no_progress)
+    text = json.dumps(rec, default=float)
+    if args.out:
+        _atomic_write(args.out, text + "\n")
+    print(text)
+    return rec
+
+
+def _atomic_write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
