@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlet_jax.embeddings import Embeddings, EmbeddingSpec
+
 
 def dlrm_dense_init(key, shape, dtype=jnp.float32):
     """DLRM reference weight init: N(0, sqrt(2 / (fan_in + fan_out)))."""
@@ -86,3 +88,187 @@ def dot_interaction(t_BxNxD: jax.Array) -> jax.Array:
     z_BxNxN = jnp.einsum("bnd,bmd->bnm", t_BxNxD, t_BxNxD)
     iu, ju = np.triu_indices(n, k=1)
     return z_BxNxN[:, iu, ju]
+
+
+# -- DeepCTR-Torch blocks ----------------------------------------------------------------------------------------
+# Initializers follow DeepCTR-Torch 0.2.x: DNN weights N(0, 1e-4) (MLP init="normal"), output heads torch default
+# U(+-1/sqrt(fan_in)) without bias, cross kernels Glorot normal with zero biases, CIN 1x1 convolutions torch default,
+# attention matrices N(0, 0.05), first-order weights N(0, 1e-4), one zero-initialized output bias.
+
+torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+"""``torch.nn.Linear``'s default weight init, U(+-1/sqrt(fan_in)), for Flax ``[fan_in, fan_out]`` kernels."""
+
+
+def head(x_BxH: jax.Array, name: str, param_dtype: Any = jnp.float32) -> jax.Array:
+    """DeepCTR's bias-free logit head ``nn.Linear(H, 1, bias=False)``: ``[B, H] -> [B]``."""
+    return nn.Dense(1, use_bias=False, kernel_init=torch_linear_init, param_dtype=param_dtype, dtype=param_dtype,
+                    name=name)(x_BxH)[:, 0]
+
+
+def deep_input(emb_BxFxD: jax.Array, dense_BxN: jax.Array) -> jax.Array:
+    """DeepCTR's ``combined_dnn_input``: ``[flatten(emb), dense]`` of width ``F d + num_dense``."""
+    flat = emb_BxFxD.reshape(emb_BxFxD.shape[0], -1)
+    return jnp.concatenate([flat, dense_BxN.astype(flat.dtype)], axis=1) if dense_BxN.shape[1] else flat
+
+
+def fm_interaction(v_BxFxD: jax.Array) -> jax.Array:
+    """Factorization-machine second-order term ``sum_{i<j} <v_i, v_j>``: ``[B, F, D] -> [B]``.
+
+    Computed with Rendle's identity ``0.5 * sum_d ((sum_i v_id)^2 - sum_i v_id^2)`` in ``O(F D)``.
+
+    References:
+        Rendle, "Factorization Machines", ICDM 2010.
+    """
+    return 0.5 * jnp.sum(jnp.square(v_BxFxD.sum(axis=1)) - jnp.square(v_BxFxD).sum(axis=1), axis=1)
+
+
+def bi_interaction(v_BxFxD: jax.Array) -> jax.Array:
+    """NFM's bi-interaction pooling ``sum_{i<j} v_i * v_j`` (element-wise): ``[B, F, D] -> [B, D]``.
+
+    ``0.5 * ((sum_i v_i)^2 - sum_i v_i^2)``, the FM term before its sum over ``d``.
+
+    References:
+        He and Chua, "Neural Factorization Machines for Sparse Predictive Analytics", arXiv:1708.05027.
+    """
+    return 0.5 * (jnp.square(v_BxFxD.sum(axis=1)) - jnp.square(v_BxFxD).sum(axis=1))
+
+
+class CrossNet(nn.Module):
+    """DCN's cross network, vector parameterization: ``x_{l+1} = x_0 (x_l^T w_l) + b_l + x_l``, ``[B, N] -> [B, N]``.
+
+    Attributes:
+        num_layers: cross layers ``L`` (DeepCTR's ``cross_num``, default 2).
+
+    Parameters ``kernel_l`` (``[N]``, Glorot normal on an ``[N, 1]`` matrix, std ``sqrt(2 / (N + 1))``) and ``bias_l``
+    (``[N]``, zeros), as DeepCTR-Torch's ``CrossNet``.
+
+    References:
+        Wang et al., "Deep & Cross Network for Ad Click Predictions", arXiv:1708.05123.
+    """
+
+    num_layers: int = 2
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x0_BxN: jax.Array) -> jax.Array:
+        n = x0_BxN.shape[-1]
+        std = np.sqrt(2.0 / (n + 1))
+        x_BxN = x0_BxN
+        for i in range(self.num_layers):
+            w_N = self.param(f"kernel_{i}", nn.initializers.normal(std), (n,), self.param_dtype)
+            b_N = self.param(f"bias_{i}", nn.initializers.zeros, (n,), self.param_dtype)
+            x_BxN = x0_BxN * (x_BxN @ w_N)[:, None] + b_N[None, :] + x_BxN
+        return x_BxN
+
+
+class CIN(nn.Module):
+    """xDeepFM's compressed interaction network: ``[B, F, D] -> [B, featuremaps]``.
+
+    ``X^0 = emb``; layer ``k`` forms ``Z^k[b, h, m, d] = X^{k-1}[b, h, d] X^0[b, m, d]`` and compresses it with a
+    1 x 1 convolution over the ``(h, m)`` channels:
+    ``X^k[b, c, d] = relu(sum_{h,m} W^k[h m, c] Z^k[b, h, m, d] + b^k_c)``.
+    With ``split_half`` every layer but the last sends half its maps on (``X^k`` keeps the first half) and half to the
+    output; the output is ``sum_d`` of the directly connected maps, ``sum(sizes[:-1]) / 2 + sizes[-1]`` of them.
+
+    Attributes:
+        layer_sizes: feature maps per layer (DeepCTR default (256, 128)).
+        split_half: as above (every size but the last must be even).
+
+    References:
+        Lian et al., "xDeepFM: Combining Explicit and Implicit Feature Interactions for Recommender Systems",
+        arXiv:1803.05170.
+    """
+
+    layer_sizes: Sequence[int] = (256, 128)
+    split_half: bool = True
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x0_BxFxD: jax.Array) -> jax.Array:
+        b, f, d = x0_BxFxD.shape
+        x_BxHxD, outs = x0_BxFxD, []
+        for i, size in enumerate(self.layer_sizes):
+            last = i == len(self.layer_sizes) - 1
+            if self.split_half and not last and size % 2:
+                raise ValueError(f"CIN layer sizes must be even except the last with split_half, got {size}")
+            fan_in = x_BxHxD.shape[1] * f
+            bound = 1.0 / np.sqrt(fan_in)  # torch Conv1d default: U(+-1/sqrt(in_channels * kernel_size))
+            uni = lambda key, shape, dtype, bound=bound: jax.random.uniform(key, shape, dtype, -bound, bound)
+            w_HMxC = self.param(f"kernel_{i}", uni, (fan_in, size), self.param_dtype)
+            b_C = self.param(f"bias_{i}", uni, (size,), self.param_dtype)
+            z_BxHMxD = jnp.einsum("bhd,bmd->bhmd", x_BxHxD, x0_BxFxD).reshape(b, fan_in, d)
+            h_BxCxD = nn.relu(jnp.einsum("bkd,kc->bcd", z_BxHMxD, w_HMxC) + b_C[None, :, None])
+            if self.split_half and not last:
+                x_BxHxD, direct = h_BxCxD[:, : size // 2], h_BxCxD[:, size // 2:]
+            else:
+                x_BxHxD, direct = h_BxCxD, h_BxCxD
+            outs.append(direct)
+        return jnp.concatenate(outs, axis=1).sum(axis=-1)
+
+
+class InteractingLayer(nn.Module):
+    """AutoInt's interacting layer: multi-head self-attention over fields with a residual, ``[B, F, D] -> [B, F, A H]``.
+
+    Per head ``h``: ``Q = E W_Q^h``, ``K = E W_K^h``, ``V = E W_V^h`` (``[F, A]`` each), ``alpha = softmax_j(Q K^T)``
+    (unscaled, over the keys), ``out^h = alpha V``; ``out = relu([out^1, ..., out^H] + E W_res)``. Weights
+    ``N(0, 0.05)`` as in DeepCTR-Torch.
+
+    Attributes:
+        att_embedding_size: ``A``, the attention width per head (DeepCTR default 8).
+        head_num: ``H`` (default 2).
+        use_res: add the ``E W_res`` residual (default True).
+
+    References:
+        Song et al., "AutoInt: Automatic Feature Interaction Learning via Self-Attentive Neural Networks",
+        arXiv:1810.11921.
+    """
+
+    att_embedding_size: int = 8
+    head_num: int = 2
+    use_res: bool = True
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, e_BxFxD: jax.Array) -> jax.Array:
+        b, f, d = e_BxFxD.shape
+        a, h = self.att_embedding_size, self.head_num
+        init = nn.initializers.normal(0.05)
+        w = {n: self.param(n, init, (d, a * h), self.param_dtype) for n in ("query", "key", "value")}
+        q_BxFxHxA, k_BxFxHxA, v_BxFxHxA = (
+            jnp.einsum("bfd,de->bfe", e_BxFxD, w[n]).reshape(b, f, h, a) for n in ("query", "key", "value"))
+        scores_BxHxFxF = jnp.einsum("bihk,bjhk->bhij", q_BxFxHxA, k_BxFxHxA)
+        alpha_BxHxFxF = jax.nn.softmax(scores_BxHxFxF, axis=-1)
+        out_BxFxE = jnp.einsum("bhij,bjhk->bihk", alpha_BxHxFxF, v_BxFxHxA).reshape(b, f, h * a)
+        if self.use_res:
+            w_res = self.param("res", init, (d, a * h), self.param_dtype)
+            out_BxFxE = out_BxFxE + jnp.einsum("bfd,de->bfe", e_BxFxD, w_res)
+        return nn.relu(out_BxFxE)
+
+
+class Linear(nn.Module):
+    """First-order (wide) part: ``sum_f w[id_f] + dense @ w_dense``, ``-> [B]``.
+
+    The id weights are an un-factorized width-1 table over the same fused rows as the embeddings (leaf
+    ``embeddings/table``, so the row-sparse optimizer updates it like any table); MLET never factorizes it, as in the
+    authors' code. Bag fields pool their weights like the embeddings do. ``dense`` weights exist only when
+    ``num_dense > 0``. DeepCTR-Torch initializes both N(0, 1e-4) (``init="normal"``, ``std=1e-4``).
+    """
+
+    vocab_sizes: tuple[int, ...]
+    num_dense: int
+    slots: tuple[int, ...] | None = None
+    pooling: str = "sum"
+    init: str = "normal"
+    std: float = 1e-4
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, dense_BxN: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False) -> jax.Array:
+        spec = EmbeddingSpec(kind="single", dim=1, table_init=self.init, table_std=self.std)
+        w_BxFx1 = Embeddings(self.vocab_sizes, spec, self.slots, self.pooling, self.param_dtype,
+                             name="embeddings")(ids_BxS, ids_are_rows=ids_are_rows)
+        logit_B = w_BxFx1.sum(axis=(1, 2))
+        if self.num_dense:
+            w_N = self.param("dense", nn.initializers.normal(self.std), (self.num_dense,), self.param_dtype)
+            logit_B = logit_B + dense_BxN.astype(self.param_dtype) @ w_N
+        return logit_B
