@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlet_jax.embeddings import (EmbeddingSpec, Embeddings, collapse, count_params, embedding_param_count,
-                                 field_offsets)
+from mlet_jax.embeddings import Embeddings, EmbeddingSpec, collapse, count_params, embedding_param_count, field_offsets
 from mlet_jax.models import DLRM, collapse_model
 
 VOCAB = (5, 40, 300)
@@ -52,7 +51,7 @@ def test_initializers():
     t = np.asarray(Embeddings(vocab, EmbeddingSpec("single", 32)).init(key, np.zeros((1, 2), np.int32))
                    ["params"]["table"])
     # uniform(+-1/sqrt(n_field)) per field: bound and variance 1/(3 n)
-    for (lo, n) in zip(field_offsets(vocab), vocab):
+    for (lo, n) in zip(field_offsets(vocab), vocab, strict=True):
         block = t[lo:lo + n]
         assert np.abs(block).max() <= 1 / np.sqrt(n) + 1e-7
         assert block.var() == pytest.approx(1 / (3 * n), rel=0.1)
@@ -103,7 +102,8 @@ def test_collapse_reproduces_logits_float64():
         assert np.abs(a - b).max() <= 1e-12
         # the collapsed table equals the float64 product field by field
         t, pr = np.asarray(p["embeddings"]["table"]), np.asarray(p["embeddings"]["projection"])
-        want = np.concatenate([t[o:o + n] @ pr[f] for f, (o, n) in enumerate(zip(field_offsets(VOCAB), VOCAB))])
+        blocks = zip(field_offsets(VOCAB), VOCAB, strict=True)
+        want = np.concatenate([t[o:o + n] @ pr[f] for f, (o, n) in enumerate(blocks)])
         np.testing.assert_allclose(np.asarray(p1["embeddings"]["table"]), want, rtol=1e-13, atol=1e-15)
 
 

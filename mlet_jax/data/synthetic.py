@@ -80,7 +80,7 @@ def make_synthetic(
 
     rng = np.random.default_rng(seed)
     perms = [rng.permutation(int(v)).astype(np.int32) for v in vocab]
-    cdfs = [zipf_cdf(int(v), s) for v, s in zip(vocab, expo)]
+    cdfs = [zipf_cdf(int(v), s) for v, s in zip(vocab, expo, strict=True)]
     w = [rng.standard_normal(int(v)) for v in vocab]
     lat = [rng.standard_normal((int(v), latent_dim)) / np.sqrt(latent_dim) for v in vocab]
     field_w = rng.uniform(0.2, 1.0, n_fields)
@@ -105,7 +105,7 @@ def make_synthetic(
                 second += beta[f, g] * np.einsum("nr,nr->n", vec[f], vec[g])
     dense_eff = dense @ c + np.tanh(dense @ cmat) @ e if num_dense else np.zeros(n)
     logit = np.zeros(n)
-    for comp, share in zip((first, second, dense_eff), shares):
+    for comp, share in zip((first, second, dense_eff), shares, strict=True):
         sd = comp.std()
         if share and sd > 0:
             logit += comp / sd * np.sqrt(share / sum(shares))
