@@ -70,7 +70,7 @@ def plot(summary: list[dict], path: str) -> None:
     ax.set_xticks(d, [str(x) for x in d])
     ax.set_xlabel("embedding dimension d")
     ax.set_ylabel("test AUC")
-    ax.set_title("DLRM on the synthetic default (mean +- std over seeds)")
+    ax.set_title("DLRM, synthetic default (mean +- std, seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
