@@ -47,6 +47,7 @@ SLOPE_TOL = 0.02
 # Claim 1 builds the nd x nd Kronecker basis: at most 2048^2 float64 = 32 MiB.
 CLAIM1_MAX_ND = 2048
 ETAS = tuple(np.logspace(-4, -1, 13))
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @dataclasses.dataclass
@@ -251,4 +252,118 @@ def run_random(n: int = 2000, d: int = 16, k: int = 64, seed: int = 0, batch: in
     rows += check_second_order(W1, W2, G, f" (d={d}, k={k}, n={n})")
     rows += check_sparsity(W1, W2, G, f" (b={min(batch, n)}, n={n})")
     rows += check_counts(d, ks, n, seed)
+    return rows
+
+
+def dlrm_case(seed: int = 0, vocab_sizes: Sequence[int] = (50, 40, 30), d: int = 4, k: int = 8, batch: int = 32,
+              num_dense: int = 3, hidden: Sequence[int] = (8,), lr: float = 0.2) -> dict[str, Any]:
+    """A tiny float64 MLET DLRM from :mod:`mlet_jax`, its loss gradients on a synthetic batch, and one real SGD step.
+
+    ``G`` of each field is the gradient of the same loss with respect to the collapsed single-layer table
+    (:func:`mlet_jax.embeddings.collapse`), i.e. ``dL/dW`` at ``W = W1 W2``; the step is
+    :func:`mlet_jax.optim.torch_sgd` (``lr``, the paper's DLRM rate 0.2) applied to every parameter.
+
+    Returns:
+        ``params``, ``grads`` and ``new_params`` (numpy trees), ``G_table`` (``[n_total, d]``: ``dL/dW^T``),
+        ``ids`` (``[batch, F]`` local ids), ``losses`` (MLET and collapsed model, equal), and the settings.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from mlet_jax.embeddings import EmbeddingSpec, collapse
+    from mlet_jax.models.dlrm import DLRM
+    from mlet_jax.optim import torch_sgd
+    from theory.enhancement import x64
+
+    vocab_sizes = tuple(int(v) for v in vocab_sizes)
+    rng = np.random.default_rng(seed)
+    dense = rng.standard_normal((batch, num_dense))
+    ids = np.stack([rng.integers(0, v, batch) for v in vocab_sizes], axis=1).astype(np.int32)
+    labels = rng.integers(0, 2, batch).astype(np.float64)
+    with x64():
+        spec = EmbeddingSpec(kind="mlet", dim=d, inner_dim=k)
+        model = DLRM(vocab_sizes=vocab_sizes, num_dense=num_dense, embedding=spec, bottom_mlp=tuple(hidden),
+                     top_mlp=tuple(hidden), param_dtype=jnp.float64)
+        collapsed = model.clone(embedding=spec.collapsed())
+        tx = torch_sgd(lr)
+
+        def loss(m, p):
+            logits = m.apply({"params": p}, jnp.asarray(dense), jnp.asarray(ids))
+            return optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(labels)).mean()
+
+        def run(key):
+            params = model.init(key, jnp.asarray(dense), jnp.asarray(ids))["params"]
+            mlet_loss, grads = jax.value_and_grad(lambda p: loss(model, p))(params)
+            single_loss, cgrads = jax.value_and_grad(lambda p: loss(collapsed, p))(collapse(params, vocab_sizes))
+            updates, _ = tx.update(grads, tx.init(params), params)
+            return params, grads, optax.apply_updates(params, updates), cgrads, mlet_loss, single_loss
+
+        # One compilation instead of one per primitive (eager mode takes ~1 min on 2 busy cores); LLVM's
+        # optimizations cut the compile time ~3.5x and change no float64 result that the checks compare.
+        key = jax.random.key(seed)
+        compiled = jax.jit(run).lower(key).compile(COMPILER_OPTIONS)
+        params, grads, new_params, cgrads, mlet_loss, single_loss = compiled(key)
+        to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
+        out = {"params": to_np(params), "grads": to_np(grads), "new_params": to_np(new_params),
+               "G_table": np.asarray(cgrads["embeddings"]["table"]), "ids": ids,
+               "losses": (float(mlet_loss), float(single_loss)), "vocab_sizes": vocab_sizes, "lr": lr, "d": d,
+               "k": k, "batch": batch}
+    if out["G_table"].dtype != np.float64:
+        raise TypeError(f"DLRM gradients came back as {out['G_table'].dtype}; float64 is required")
+    return out
+
+
+def check_dlrm(seed: int = 0, **case_kwargs) -> list[Check]:
+    """Check 6: checks 2-5 with ``G`` from a real DLRM loss, and the real SGD step against Eq. 6 + ``eta^2`` term.
+
+    Per field ``f`` (``W1``, ``W2`` from :func:`theory.params.from_params`, ``G`` the collapsed table's gradient):
+    Eqs. 7-8 (the model's factor gradients are ``G W2^T`` and ``W1^T G``), Eq. 13 = Eq. 6 (thin and dense), the
+    real step ``W1' W2' = W - lr F + lr^2 T``, changed columns of a single-layer step (the field's distinct queried
+    ids) and of the real step (all ``n``), and the non-zero enhancement factor count. Check 3's slope uses field 0
+    with ``G / ||G||``.
+    """
+    from theory.params import field_matrix, field_rows, from_params
+
+    c = dlrm_case(seed, **case_kwargs)
+    vocab, lr = c["vocab_sizes"], c["lr"]
+    grad_table, grad_proj = c["grads"]["embeddings"]["table"], c["grads"]["embeddings"]["projection"]
+    worst = {"loss": abs(c["losses"][0] - c["losses"][1]) / abs(c["losses"][1]), "eq78": 0.0, "thin": 0.0,
+             "dense": 0.0, "step": 0.0}
+    single_ok, two_ok, count_ok = [], [], []
+    for f in range(len(vocab)):
+        W1, W2 = from_params(c["params"], vocab, f)
+        W1n, W2n = from_params(c["new_params"], vocab, f)
+        G = field_matrix(c["G_table"], vocab, f)
+        W = W1 @ W2
+        worst["eq78"] = max(worst["eq78"], rel(grad_proj[f].T, G @ W2.T),
+                            rel(grad_table[field_rows(vocab, f)].T, W1.T @ G))
+        res = eq13_residuals(W1, W2, G)
+        worst["thin"], worst["dense"] = max(worst["thin"], res["thin"]), max(worst["dense"], res["dense"])
+        predicted = W - lr * first_order_update(W1, W2, G) + lr**2 * second_order_term(W1, W2, G)
+        W_new = W1n @ W2n
+        worst["step"] = max(worst["step"], rel(W_new - W, predicted - W))
+        queried = np.unique(c["ids"][:, f]).size
+        single_ok.append((changed_columns(single_layer_sgd_step(W, G, lr), W), queried))
+        two_ok.append((changed_columns(W_new, W), W.shape[1]))
+        d, k, n = W1.shape[0], W1.shape[1], W2.shape[1]
+        count_ok.append((measured_nonzero_enhancement_factors(W1, W2), count_nonzero_enhancement_factors(d, k, n)))
+    tag = f" [DLRM, fields={list(vocab)}, d={c['d']}, k={c['k']}, batch={c['batch']}, lr={lr}]"
+    rows = [
+        _residual_check(f"MLET and collapsed DLRM give the same loss{tag}", worst["loss"], 1e-12),
+        _residual_check(f"Eqs. 7-8: dL/dW1 = G W2^T, dL/dW2 = W1^T G (max over fields){tag}", worst["eq78"]),
+        _residual_check(f"Eq. 13 = Eq. 6, thin, real G (max over fields){tag}", worst["thin"]),
+        _residual_check(f"Eq. 13 = Eq. 6, dense, real G (max over fields){tag}", worst["dense"]),
+        _residual_check(f"real SGD step = W - lr F + lr^2 G W2^T W1^T G, rel. to step{tag}", worst["step"]),
+        Check(f"single-layer step changes only the queried ids (per field){tag}", sum(a for a, _ in single_ok),
+              f"== {sum(b for _, b in single_ok)} (distinct ids)", all(a == b for a, b in single_ok),
+              {"per_field": single_ok}),
+        Check(f"real two-layer step changes all n columns (per field){tag}", sum(a for a, _ in two_ok),
+              f"== {sum(b for _, b in two_ok)}", all(a == b for a, b in two_ok), {"per_field": two_ok}),
+        Check(f"non-zero enhancement factors = closed form (per field){tag}", sum(a for a, _ in count_ok),
+              f"== {sum(b for _, b in count_ok)}", all(a == b for a, b in count_ok), {"per_field": count_ok}),
+    ]
+    W1, W2 = from_params(c["params"], vocab, 0)
+    G = field_matrix(c["G_table"], vocab, 0)
+    rows += check_second_order(W1, W2, G / np.linalg.norm(G), f", real G/||G|| of field 0{tag}")
     return rows
