@@ -294,6 +294,9 @@ def fit(
     callbacks: Sequence[Callable[[int, TrainState], None]] = (),
     progress: bool = True,
     log_every: int = 50,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
+    keep_checkpoints: int = 2,
 ) -> tuple[TrainState, History]:
     """Train for ``epochs`` passes over ``train`` (the paper: one epoch).
 
@@ -311,8 +314,19 @@ def fit(
         callbacks: ``cb(step, state)`` after every step (copy what you keep: the state is donated to the next step).
         progress: show a tqdm bar.
         log_every: steps between recorded losses.
+        checkpoint_dir: save the train state and the data position here (:class:`mlet_jax.checkpoint.Checkpointer`)
+            every ``checkpoint_every`` steps and at the end. If it already holds a checkpoint, training resumes from
+            the latest one (its state replaces ``state``) at the batch where it stopped, so an interrupted and
+            resumed run gives exactly the parameters of an uninterrupted one (same ``seed``, ``batch_size`` and
+            data). Evaluation history and early-stopping counters are not checkpointed.
+        checkpoint_every: steps between checkpoints (``None``: only at the end).
+        keep_checkpoints: how many of the newest checkpoints to keep. A checkpoint is written only after its
+            step's loss and gradient norm were checked finite, so a NaN never overwrites the last good one.
     Returns:
         The final (or best, with early stopping) state and a :class:`History`.
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite; the message names the step (and the last good
+            checkpoint when checkpointing).
     """
     from tqdm.auto import tqdm
 
@@ -322,14 +336,58 @@ def fit(
         raise ValueError(f"the training split has {len(train)} rows, fewer than one batch of {batch_size}")
     if early_stopping_patience is not None and valid is None:
         raise ValueError("early stopping needs a validation split")
+    if checkpoint_every is not None and (checkpoint_every < 1 or checkpoint_dir is None):
+        raise ValueError(f"checkpoint_every must be >= 1 and needs checkpoint_dir, got {checkpoint_every}")
     steps_per_epoch = len(train) // batch_size
     if state is None:
         state = trainer.init(seed, next(batches(train, batch_size, seed=seed)))
+    ckpt, start_epoch, start_batch = None, 0, 0
+    if checkpoint_dir is not None:
+        state, ckpt, start_epoch, start_batch = _resume(trainer, state, checkpoint_dir, keep_checkpoints,
+                                                        seed=seed, batch_size=batch_size,
+                                                        steps_per_epoch=steps_per_epoch)
+    try:
+        return _fit_loop(trainer, train, state, batch_size=batch_size, epochs=epochs, seed=seed, valid=valid,
+                         eval_every=eval_every, early_stopping_patience=early_stopping_patience,
+                         callbacks=callbacks, progress=progress, log_every=log_every, ckpt=ckpt,
+                         checkpoint_every=checkpoint_every, start_epoch=start_epoch, start_batch=start_batch,
+                         steps_per_epoch=steps_per_epoch, tqdm=tqdm)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+
+
+def _resume(trainer, state, directory, keep, *, seed, batch_size, steps_per_epoch):
+    """Open ``directory``; restore its latest checkpoint (if any) into ``state``'s structure."""
+    from mlet_jax.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(directory, keep=keep)
+    if ckpt.latest_step() is None:
+        return state, ckpt, 0, 0
+    state, pos = ckpt.restore(state)
+    want = {"seed": seed, "batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
+    have = {k: pos.get(k) for k in want}
+    if have != want:
+        ckpt.close()
+        raise ValueError(f"checkpoint step {pos['step']} in {ckpt.directory} was written with data settings {have}, "
+                         f"but this run has {want}; resume with the same seed, batch size and training split "
+                         "(or use a new checkpoint_dir)")
+    return state, ckpt, int(pos["epoch"]), int(pos["batch"])
+
+
+def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_every, early_stopping_patience,
+              callbacks, progress, log_every, ckpt, checkpoint_every, start_epoch, start_batch, steps_per_epoch,
+              tqdm):
+    import itertools
+
     hist = History()
     best_auc, best_params, bad_evals = -math.inf, None, 0
     step_fn = trainer.train_step
     start_step = int(state.step)
-    bar = tqdm(total=steps_per_epoch * epochs, disable=not progress, desc="train", unit="step", leave=False)
+    done_before = start_epoch * steps_per_epoch + start_batch
+    bar = tqdm(total=steps_per_epoch * epochs, initial=min(done_before, steps_per_epoch * epochs),
+               disable=not progress, desc="train", unit="step", leave=False)
+    last_good: list[int] = [] if ckpt is None or ckpt.latest_step() is None else [ckpt.latest_step()]
 
     def evaluate(step):
         nonlocal best_auc, best_params, bad_evals
@@ -343,12 +401,38 @@ def fit(
             bad_evals += 1
         return early_stopping_patience is not None and bad_evals > early_stopping_patience
 
+    def check(loss, step, grad_norm=None):
+        try:
+            _check_finite(loss, step)
+            if grad_norm is not None:
+                _check_finite(grad_norm, step, what="gradient norm")
+        except NonFiniteLossError as e:
+            if ckpt is None:
+                raise
+            where = (f"the last good checkpoint is step {last_good[-1]} in {ckpt.directory}; rerun fit with the same "
+                     "checkpoint_dir (and a lower learning rate) to resume from it" if last_good else
+                     f"no checkpoint was written before it in {ckpt.directory}")
+            raise NonFiniteLossError(f"{e}. Training stopped; {where}") from None
+
+    def save(step, epoch, batch_in_epoch, m):
+        check(m["loss"], step, m["grad_norm"])  # never checkpoint a state whose step already went bad
+        if batch_in_epoch == steps_per_epoch:
+            epoch, batch_in_epoch = epoch + 1, 0
+        ckpt.save(state, {"epoch": epoch, "batch": batch_in_epoch, "seed": seed, "batch_size": batch_size,
+                          "steps_per_epoch": steps_per_epoch})
+        last_good.append(step)
+
     prev_loss = None
+    m = None
     t0 = time.perf_counter()
     stop = False
     step = start_step
-    for epoch in range(epochs):
-        for batch in prefetch(batches(train, batch_size, seed=seed, epoch=epoch)):
+    epoch, i = start_epoch, start_batch
+    for epoch in range(start_epoch, epochs):
+        skip = start_batch if epoch == start_epoch else 0
+        # batches() fixes the order by (seed, epoch); a resumed epoch skips the batches already trained on.
+        it = itertools.islice(batches(train, batch_size, seed=seed, epoch=epoch), skip, None)
+        for i, batch in enumerate(prefetch(it), start=skip + 1):
             state, m = step_fn(state, batch)
             step += 1
             if step == start_step + 1:  # compile + first step: kept out of the throughput
@@ -356,7 +440,7 @@ def fit(
                 hist.first_step_seconds = time.perf_counter() - t0
                 t0 = time.perf_counter()
             if prev_loss is not None:
-                _check_finite(*prev_loss)
+                check(*prev_loss)
             prev_loss = (m["loss"], step)
             for cb in callbacks:
                 cb(step, state)
@@ -365,6 +449,8 @@ def fit(
                 hist.losses.append(float(m["loss"]))
                 bar.set_postfix(loss=f"{hist.losses[-1]:.4f}")
             bar.update(1)
+            if ckpt is not None and checkpoint_every and step % checkpoint_every == 0:
+                save(step, epoch, i, m)
             if valid is not None and eval_every and step % eval_every == 0:
                 hist.train_seconds += time.perf_counter() - t0
                 stop = evaluate(step)
@@ -373,17 +459,20 @@ def fit(
                     break
         if stop:
             break
-        if valid is not None and not eval_every:
-            _check_finite(*prev_loss)
+        if valid is not None and not eval_every and prev_loss is not None:
+            check(*prev_loss)
             hist.train_seconds += time.perf_counter() - t0
             stop = evaluate(step)
             t0 = time.perf_counter()
             if stop:
                 break
-    _check_finite(*prev_loss)
+    if prev_loss is not None:
+        check(*prev_loss)
+    if ckpt is not None and m is not None and last_good[-1:] != [step]:
+        save(step, epoch, i, m)
     jax.block_until_ready(state.params)
     hist.train_seconds += time.perf_counter() - t0
-    hist.train_samples = (step - start_step - 1) * batch_size
+    hist.train_samples = max(step - start_step - 1, 0) * batch_size
     bar.close()
     hist.stopped_early = stop
     if best_params is not None:
@@ -391,8 +480,8 @@ def fit(
     return state, hist
 
 
-def _check_finite(loss, step):
+def _check_finite(loss, step, what="training loss"):
     v = float(loss)
     if not math.isfinite(v):
-        raise NonFiniteLossError(f"the training loss became {v} at step {step}; lower the learning rate or check "
+        raise NonFiniteLossError(f"the {what} became {v} at step {step}; lower the learning rate or check "
                                  "the input for NaN/inf")

@@ -1,0 +1,188 @@
+"""Train-state checkpoints (orbax) and the export of a collapsed inference model.
+
+Checkpoints: :class:`Checkpointer` saves the whole :class:`~mlet_jax.training.TrainState` (parameters, optimizer and
+row-sparse Adagrad state, step, RNG key) plus a small JSON record of where the data stream stands (epoch, batches
+done in it, seed, batch size) under ``directory/<step>/``. Orbax writes each step to a temporary directory and renames
+it when complete, so a crash never leaves a half-written checkpoint that looks valid. Saving is synchronous: the
+train step donates its input state, so a background writer could read freed buffers. ``fit(checkpoint_dir=...)``
+uses this to save every N steps and to resume exactly (see :func:`mlet_jax.training.fit`).
+
+Restoring takes a *target*: a state (or ``jax.eval_shape`` of one) with the shapes, dtypes and, for sharded runs,
+the shardings to restore into; arrays are read straight into those shardings, so no host holds a whole sharded table.
+
+Export: :func:`export_inference` multiplies MLET factors out (:func:`mlet_jax.models.collapse_model`) and writes one
+``.npz`` a serving system can read without JAX or pickle: every parameter as a float array named by its path
+(``embeddings/table``, ``top_mlp/Dense_0/kernel``, ...) and ``__config__``, a JSON string with the model class, its
+settings, the per-field row offsets of the fused table and a format version. :func:`load_inference` rebuilds the
+Flax model and parameters from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from mlet_jax.embeddings import EmbeddingSpec, field_offsets
+
+EXPORT_FORMAT = "mlet_jax.inference/1"
+
+
+def _to_saveable(state) -> dict:
+    # Typed PRNG keys are not plain arrays: store their raw key data (the implementation's name goes in the JSON).
+    return flax.serialization.to_state_dict(state.replace(rng=jax.random.key_data(state.rng)))
+
+
+def _abstract(tree):
+    def leaf(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+class Checkpointer:
+    """Save and restore train states under one directory (keeping the newest ``keep``).
+
+    Args:
+        directory: where step directories go (created if missing).
+        keep: how many checkpoints to keep (oldest deleted first); ``None`` keeps all.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int | None = 2):
+        self.directory = Path(directory).absolute()
+        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self._mgr = ocp.CheckpointManager(self.directory, options=opts)
+
+    def save(self, state, data_position: dict | None = None) -> int:
+        """Save ``state`` under its step number and return the step (``data_position`` must be JSON)."""
+        step = int(state.step)
+        meta = {"step": step, "rng_impl": str(jax.random.key_impl(state.rng)), **(data_position or {})}
+        self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
+                                                     meta=ocp.args.JsonSave(meta)), force=True)
+        self._mgr.wait_until_finished()
+        return step
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mgr.all_steps())
+
+    def restore(self, target, step: int | None = None) -> tuple[Any, dict]:
+        """``(state, data_position)`` of ``step`` (default: the latest), restored into ``target``'s structure.
+
+        Args:
+            target: a train state or its ``jax.eval_shape``; shardings on its leaves are honoured.
+            step: which checkpoint; ``None`` for the latest.
+        Raises:
+            FileNotFoundError: no checkpoint (or not that step) in the directory.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None or step not in self.all_steps():
+            raise FileNotFoundError(f"no checkpoint{'' if step is None else f' for step {step}'} in {self.directory}"
+                                    f" (have: {self.all_steps()})")
+        keyless = target.replace(rng=jax.eval_shape(jax.random.key_data, target.rng))
+        abstract = _abstract(flax.serialization.to_state_dict(keyless))
+        out = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                              meta=ocp.args.JsonRestore()))
+        meta = dict(out["meta"])
+        state = flax.serialization.from_state_dict(keyless, dict(out["state"]))
+        return state.replace(rng=jax.random.wrap_key_data(state.rng, impl=meta["rng_impl"])), meta
+
+    def close(self) -> None:
+        self._mgr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- inference export ----------------------------------------------------------------------------------------------
+
+
+def _jsonable(v):
+    if isinstance(v, EmbeddingSpec):
+        return {"__embedding_spec__": dataclasses.asdict(v)}
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    try:
+        return {"__dtype__": np.dtype(v).name}
+    except TypeError as e:
+        raise TypeError(f"cannot export model setting {v!r} of type {type(v).__name__}") from e
+
+
+def _from_jsonable(v):
+    if isinstance(v, dict) and "__embedding_spec__" in v:
+        return EmbeddingSpec(**v["__embedding_spec__"])
+    if isinstance(v, dict) and "__dtype__" in v:
+        return jnp.dtype(v["__dtype__"])
+    if isinstance(v, list):
+        return tuple(_from_jsonable(x) for x in v)
+    return v
+
+
+def model_config(model) -> dict:
+    """A JSON-able description of a Flax model built by :func:`mlet_jax.models.build_model`."""
+    fields = {f.name: _jsonable(getattr(model, f.name)) for f in dataclasses.fields(model)
+              if f.name not in ("parent", "name")}
+    return {"format": EXPORT_FORMAT, "model": type(model).__name__, "settings": fields}
+
+
+def export_inference(path: str | os.PathLike, model, params) -> Path:
+    """Write the collapsed (single-layer) inference model to ``path`` (``.npz``) and return the path.
+
+    MLET tables are multiplied out first, so the file holds one ``[n_total, d]`` table per embedding, exactly what a
+    single-layer model of the same ``d`` serves. The write goes to a temporary name that is renamed when complete.
+    """
+    from mlet_jax.models import collapse_model
+
+    cmodel, cparams = collapse_model(model, params)
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(cparams)).items()}
+    cfg = model_config(cmodel)
+    vocab = getattr(cmodel, "vocab_sizes", None)
+    if vocab is not None:
+        cfg["field_offsets"] = field_offsets(vocab).tolist()
+    cfg["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in flat.items()}
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"export path must end in .npz, got {path}")
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, __config__=np.array(json.dumps(cfg)), **flat)
+    os.replace(tmp, path)
+    return path
+
+
+def load_inference(path: str | os.PathLike):
+    """``(model, params, config)`` from a file written by :func:`export_inference`."""
+    from mlet_jax.models import MODELS
+
+    with np.load(path, allow_pickle=False) as z:
+        if "__config__" not in z:
+            raise ValueError(f"{path}: not an mlet_jax inference export (no __config__ entry)")
+        cfg = json.loads(str(z["__config__"]))
+        arrays = {k: z[k] for k in z.files if k != "__config__"}
+    if cfg.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: format {cfg.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    name = cfg["model"]
+    cls = next((c for c in MODELS.values() if c.__name__ == name), None)
+    if cls is None:
+        raise ValueError(f"{path}: unknown model class {name!r}")
+    model = cls(**{k: _from_jsonable(v) for k, v in cfg["settings"].items()})
+    params = traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in arrays.items()})
+    return model, params, cfg
