@@ -23,14 +23,9 @@ import jax
 import numpy as np
 
 from mlet_jax.embeddings import EmbeddingSpec, count_params
+from mlet_jax.models.presets import paper_embedding, paper_optimizer, paper_train_config
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer, fit
-
-# The paper's optimizer and projection init per model (Table 2, appendix A.3).
-PAPER_OPTIMIZER = {"dlrm": ("sgd", 0.2)}
-DEFAULT_OPTIMIZER = ("adagrad", 0.02)
-PAPER_PROJECTION_STD = {"dlrm": 0.25}
-DEFAULT_PROJECTION_STD = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +51,7 @@ class RunConfig:
     projection_init: str = "normal"
     projection_std: float | None = None
     sparse_tables: bool | None = None
-    loss_reduction: str = "mean"
+    loss_reduction: str | None = None
     model_options: tuple[tuple[str, Any], ...] = ()
     eval_every: int | None = None
     early_stopping_patience: int | None = None
@@ -74,25 +69,24 @@ class RunConfig:
 
     @property
     def optimizer_spec(self) -> OptimizerSpec:
-        name, lr = PAPER_OPTIMIZER.get(self.model, DEFAULT_OPTIMIZER)
-        return OptimizerSpec(self.optimizer or name, self.lr if self.lr is not None else lr,
+        paper = paper_optimizer(self.model)
+        return OptimizerSpec(self.optimizer or paper.name, self.lr if self.lr is not None else paper.lr,
                              weight_decay=self.weight_decay)
 
     @property
     def embedding_spec(self) -> EmbeddingSpec:
-        std = self.projection_std
-        if std is None:
-            std = PAPER_PROJECTION_STD.get(self.model, DEFAULT_PROJECTION_STD)
-        return EmbeddingSpec(kind=self.embedding, dim=self.d, inner_dim=self.k if self.embedding == "mlet" else None,
-                             table_init=self.table_init, table_std=self.table_std,
-                             projection_init=self.projection_init, projection_std=std)
+        std = {} if self.projection_std is None else {"projection_std": self.projection_std}
+        return paper_embedding(self.model, self.embedding, self.d, self.k if self.embedding == "mlet" else None,
+                               table_init=self.table_init, table_std=self.table_std,
+                               projection_init=self.projection_init, **std)
 
     @property
     def train_config(self) -> TrainConfig:
         opt = self.optimizer_spec
         tables = opt.scaled(self.table_lr_mult) if self.table_lr_mult != 1.0 else None
+        reduction = self.loss_reduction or paper_train_config(self.model).loss_reduction
         return TrainConfig(optimizer=opt, table_optimizer=tables, sparse_tables=self.sparse_tables,
-                           loss_reduction=self.loss_reduction)
+                           loss_reduction=reduction)
 
     def resolved(self) -> dict:
         """The settings with the paper defaults filled in (what the JSON reports)."""
@@ -102,6 +96,7 @@ class RunConfig:
         out["data_options"] = dict(self.data_options)
         out["model_options"] = dict(self.model_options)
         out["sparse_tables"] = self.train_config.sparse
+        out["loss_reduction"] = self.train_config.loss_reduction
         return out
 
 
@@ -206,7 +201,8 @@ def parser() -> argparse.ArgumentParser:
                    help="MLET projection init std (default: 0.25 for DLRM, 0.5 otherwise, as the paper)")
     p.add_argument("--sparse-tables", type=_tri, default=None, choices=[None, True, False], metavar="auto|on|off",
                    help="row-sparse table updates (auto: whenever exact)")
-    p.add_argument("--loss-reduction", choices=["mean", "sum"], default="mean")
+    p.add_argument("--loss-reduction", choices=["mean", "sum"], default=None,
+                   help="default: mean for DLRM (its reference), sum for the DeepCTR-Torch models (as DeepCTR)")
     p.add_argument("--model-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="model setting, repeatable (e.g. bottom_mlp=[256,128])")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
