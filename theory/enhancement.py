@@ -164,9 +164,11 @@ def measured_enhancement(W1, W2, G, optimizer="sgd", lr: float = 1e-3, rtol: flo
     s, s_rest = coords(d_one)
     with np.errstate(divide="ignore", invalid="ignore"):
         measured = np.where(np.abs(s) > rtol * np.abs(s).max(initial=0.0), c / s, np.nan)
+        # Defined only where the null space of W2 exists (n > r) and the single-layer step has a component in it
+        # above rounding of the whole step.
         s_norm2 = np.sum(s_rest**2, axis=1)
-        complement = np.where(s_norm2 > (rtol * np.abs(s_rest).max(initial=0.0)) ** 2 * s_rest.shape[1],
-                              np.sum(c_rest * s_rest, axis=1) / s_norm2, np.nan)
+        has_rest = (V.shape[0] > V.shape[1]) & (np.sqrt(s_norm2) > rtol * np.linalg.norm(d_one))
+        complement = np.where(has_rest, np.sum(c_rest * s_rest, axis=1) / s_norm2, np.nan)
     queried = np.any(G != 0, axis=0)
     den = float(np.linalg.norm(d_one[:, queried]))
     return MeasuredEnhancement(
