@@ -1,0 +1,101 @@
+"""Quality versus the MLET projection's init std (paper Figure 6: DLRM, k = 32).
+
+    python -m experiments.init_variance --quick --out experiments/results/quick
+
+Expected runtime: quick plan 2 extra runs (DLRM, d = 4, k = 64, std in {0.01, 0.25, 1.0}; 0.25 is a sweep
+run), ~30 s on a quiet 2-core
+CPU. Expected result (paper): a too small std gives vanishing enhancement factors and poor quality (below the
+single-layer baseline); quality rises with the std, and a too large std hurts convergence (here it may diverge,
+recorded as such). The std's role is also a learning-rate role: see ``experiments.controls``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def configs(plan):
+    from experiments.sweep import base_config
+
+    return [base_config(plan, m, plan.init_d, plan.init_k, seed, projection_std=std)
+            for m in plan.init_models for std in plan.init_stds for seed in range(plan.init_seeds)]
+
+
+def table(rows: list[dict], plan) -> list[dict]:
+    out = []
+    for m in plan.init_models:
+        for std in plan.init_stds:
+            g = [r for r in rows if r["model"] == m and abs(r["projection_std"] - std) < 1e-12]
+            ok = [r["test_auc"] for r in g if not r["diverged"]]
+            out.append({"model": m, "std": std, "runs": len(g), "diverged": len(g) - len(ok),
+                        "test_auc_mean": float(np.mean(ok)) if ok else None,
+                        "test_auc_std": float(np.std(ok, ddof=1)) if len(ok) > 1 else 0.0,
+                        "test_logloss_mean": float(np.mean([r["test_logloss"] for r in g if not r["diverged"]]))
+                        if ok else None})
+    return out
+
+
+def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
+    """Writes ``init_variance.md`` and ``fig_init_variance.png``."""
+    from experiments import sweep
+
+    rows = sweep.plan_ensure(plan, out, configs(plan), shard=shard, train=train, log=log)
+    base = sweep.plan_ensure(plan, out, [sweep.base_config(plan, m, plan.init_d, None, s)
+                                         for m in plan.init_models for s in range(plan.init_seeds)],
+                             shard=shard, train=train, log=log)
+    t = table(rows, plan)
+    ref = {m: float(np.mean([r["test_auc"] for r in base if r["model"] == m])) for m in plan.init_models
+           if any(r["model"] == m for r in base)}
+    lines = [f"MLET d={plan.init_d}, k={plan.init_k}; single-layer reference at the same d: "
+             + ", ".join(f"{m} {v:.4f}" for m, v in ref.items()), "",
+             "| model | projection std | k * std^2 | runs | diverged | test AUC | test LogLoss |",
+             "|---|---|---|---|---|---|---|"]
+    for e in t:
+        auc = "diverged" if e["test_auc_mean"] is None else f"{e['test_auc_mean']:.4f} +- {e['test_auc_std']:.4f}"
+        ll = "" if e["test_logloss_mean"] is None else f"{e['test_logloss_mean']:.4f}"
+        lines.append(f"| {e['model']} | {e['std']} | {plan.init_k * e['std'] ** 2:.3g} | {e['runs']} "
+                     f"| {e['diverged']} | {auc} | {ll} |")
+    sweep.write_text(os.path.join(out, "init_variance.md"), "\n".join(lines) + "\n")
+    plot(t, ref, os.path.join(out, "fig_init_variance.png"), plan)
+    return {"table": t, "single": ref}
+
+
+def plot(t, ref, path, plan) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m in plan.init_models:
+        pts = [e for e in t if e["model"] == m and e["test_auc_mean"] is not None]
+        ax.errorbar([e["std"] for e in pts], [e["test_auc_mean"] for e in pts],
+                    yerr=[e["test_auc_std"] for e in pts], marker="o", capsize=3, label=f"{m} MLET k={plan.init_k}")
+        if m in ref:
+            ax.axhline(ref[m], linestyle="--", color="gray", label=f"{m} single-layer")
+    ax.set_xscale("log")
+    ax.set_xlabel("projection init std")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"init std scan (d={plan.init_d})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_plan_args(p)
+    a = p.parse_args(argv)
+    print(run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

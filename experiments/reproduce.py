@@ -1,0 +1,65 @@
+"""Every experiment in one command: sweep, figures, savings, frequency, init std, compression, controls, report.
+
+    python -m experiments.reproduce --quick --out experiments/results/quick      # synthetic, small: ~10 min
+    python -m experiments.reproduce --dataset avazu --data-dir DATA --out results/avazu   # the paper's grid
+
+Expected runtime: quick plan about 45 training runs (DLRM with SGD lr 0.2 and DCN with Adagrad lr 0.02, 100k
+synthetic training rows, one epoch), ~10 minutes on a quiet 2-core CPU (``timing.json`` records the measured time
+per experiment). The paper's grid (Table 2: 7 models, DLRM SGD lr 0.2, others Adagrad lr 0.02, one epoch, 5 seeds for
+DLRM and 3 for the others) takes days on a CPU; run it sharded (``--shard I/N`` in N processes on one ``--out``,
+then once more without ``--shard`` to write the tables). Expected result: ``OUT/report.md`` with every table and
+figure and a computed verdict per paper claim. All runs are rows of ``OUT/runs.jsonl``; a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+STEPS = ("compression", "sweep", "figures", "savings", "frequency", "init_variance", "controls")
+
+
+def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print, quick: bool = False) -> dict:
+    """Run every step in order (compression first: its unhashed runs are sweep runs too); returns the timings."""
+    import importlib
+
+    from experiments import report, sweep
+
+    os.makedirs(out, exist_ok=True)
+    sweep.write_text(os.path.join(out, "plan.json"), json.dumps(plan.to_json(), indent=1, default=str))
+    timing, t_all = {}, time.perf_counter()
+    for step in STEPS:
+        t0 = time.perf_counter()
+        log(f"== {step}")
+        importlib.import_module(f"experiments.{step}").run(plan, out, shard=shard, train=train, log=log)
+        timing[step] = round(time.perf_counter() - t0, 1)
+    timing["total_s"] = round(time.perf_counter() - t_all, 1)
+    import platform
+
+    timing["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
+                         "load_avg_at_end": os.getloadavg()}
+    if train and shard == (0, 1):
+        sweep.write_text(os.path.join(out, "timing.json"), json.dumps(timing, indent=1))
+    pre = (f"Plan: {'quick (synthetic)' if quick else 'paper grid'} on `{plan.dataset}` "
+           f"({dict(plan.data_options)}); models {', '.join(plan.models)}; d {plan.ds}; k {plan.ks}; "
+           f"seeds {[plan.n_seeds(m) for m in plan.models]}. Wall time {timing['total_s'] / 60:.1f} min "
+           f"({timing}). Every number below comes from `runs.jsonl` in this folder.")
+    report.build(out, preamble=pre)
+    return timing
+
+
+def main(argv=None):
+    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_plan_args(p)
+    a = p.parse_args(argv)
+    t = run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only, quick=a.quick)
+    print(json.dumps(t))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
