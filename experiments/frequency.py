@@ -22,6 +22,7 @@ broken by row order, stably). Each row of the sweep stores the PR-AUC on both se
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import numpy as np
@@ -141,6 +142,7 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     res = {how: table(rows, how) for how in schema_defs}
     text = "\n\n".join(markdown(v, h) for h, v in res.items())
     sweep.write_text(f"{out}/frequency.md", text + "\n")
+    sweep.write_text(f"{out}/frequency.json", json.dumps(res, indent=1))
     return res
 
 
