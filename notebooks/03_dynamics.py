@@ -20,20 +20,20 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-import theory
 from mlet_jax.data.base import batches
 from mlet_jax.data.synthetic import make_synthetic
 from mlet_jax.models import build_model
 from mlet_jax.train import RunConfig
 from mlet_jax.training import NonFiniteLossError, Trainer, fit
-from theory.params import find_embedding, from_params
+from theory.params import find_embedding
+from theory.tracking import SpectrumTracker
 
 SEED = 0
 D, K = 8, 32
 STDS = (0.003, 0.03, 0.25, 1.0, 2.0, 4.0)  # projection init std; the paper uses 0.25 for DLRM
 EPOCHS = 4
 FIELD = 3  # the largest field: 5000 ids
-TRACK_EVERY = 5  # steps between SVDs
+TRACK_EVERY = 12  # steps between SVDs
 MODEL_OPTIONS = (("bottom_mlp", (32,)), ("top_mlp", (32,)))
 t_start = time.perf_counter()
 
@@ -50,8 +50,9 @@ print(f"{EPOCHS} epochs of {steps_per_epoch} steps, validation AUC every {EVAL_E
 #
 # The projection is initialized $N(0, \mathrm{std}^2)$, so multiplying one $N(0, 0.25^2)$ draw by
 # $\mathrm{std} / 0.25$ gives each std with the same directions; everything else (table, MLPs, data order) is
-# identical across runs, and one compiled train step serves them all. Every `TRACK_EVERY` steps a callback records
-# $\sigma_1$ (all $d$) and $\sigma_2$ (all $k$) of field `FIELD` with `theory.svd_factors`.
+# identical across runs, and one compiled train step serves them all. Every `TRACK_EVERY` steps a
+# `theory.tracking.SpectrumTracker` callback records $\sigma_1$ (all $d$) and $\sigma_2$ (all $k$) of field `FIELD`
+# and statistics of its $d \times n$ enhancement factors.
 
 # %%
 model = build_model(cfg.model, ds.schema, cfg.embedding_spec, **dict(cfg.model_options))
@@ -69,38 +70,29 @@ def with_projection_std(params: dict, std: float) -> dict:
     return out
 
 
-def spectra(params) -> tuple[np.ndarray, np.ndarray]:
-    # CholeskyQR through the k x k Gram matrix: exact here (W2 is well conditioned) and ~100x cheaper than LAPACK
-    f = theory.svd_factors(*from_params(params, vocab, FIELD), method="cholqr")
-    return f.sigma1, f.sigma2
+def spectra(tracker: SpectrumTracker) -> dict:
+    """The tracker's records of FIELD as arrays over the recorded steps."""
+    recs = [(r["step"], r["fields"][FIELD]) for r in tracker.records]
+    return {"steps": np.array([s for s, _ in recs]), **{key: np.array([f[key] for _, f in recs])
+                                                        for key in ("sigma1", "sigma2", "ef_median")}}
 
 
 def train(trainer: Trainer, params: dict, track: bool) -> dict:
-    steps, s1, s2 = [0], [], []
+    tracker = SpectrumTracker(vocab, steps=[0], every=TRACK_EVERY, fields=[FIELD])
     if track:
-        a, b = spectra(params)
-        s1.append(a)
-        s2.append(b)
-
-    def record(step, st):
-        if step % TRACK_EVERY == 0:
-            a, b = spectra(st.params)
-            steps.append(step)
-            s1.append(a)
-            s2.append(b)
-
+        tracker(0, params)
     t0 = time.perf_counter()
     state = trainer.init(SEED, first_batch, params=params)
     try:
         state, hist = fit(trainer, ds.train, batch_size=cfg.batch_size, epochs=EPOCHS, seed=SEED, valid=ds.valid,
-                          eval_every=EVAL_EVERY, state=state, callbacks=[record] if track else [], progress=False)
+                          eval_every=EVAL_EVERY, state=state, callbacks=[tracker] if track else [], progress=False)
     except NonFiniteLossError as err:  # too large an init: SGD diverges (the paper's "convergence issue")
-        return {"steps": np.array(steps), "sigma1": np.array(s1), "sigma2": np.array(s2), "diverged": str(err),
+        return {**spectra(tracker), "diverged": str(err),
                 "eval_steps": np.array([]), "valid_auc": np.array([]), "test_auc": np.nan,
                 "seconds": time.perf_counter() - t0}
     test_auc = trainer.evaluate(state.params, ds.test)["auc"]
     evals = hist.evals
-    return {"steps": np.array(steps), "sigma1": np.array(s1), "sigma2": np.array(s2), "diverged": None,
+    return {**spectra(tracker), "diverged": None,
             "eval_steps": np.array([e["step"] for e in evals]), "valid_auc": np.array([e["auc"] for e in evals]),
             "test_auc": test_auc, "seconds": time.perf_counter() - t0}
 
@@ -127,23 +119,13 @@ print(f"single-layer: final valid AUC {single['valid_auc'][-1]:.4f}, test AUC {s
 
 # %%
 n = vocab[FIELD]
-
-
-def median_enhancement(s1: np.ndarray, s2: np.ndarray) -> float:
-    """Median of sigma1(i)^2 + sigma2(j)^2 over all d x n directions (sigma2 = 0 for j > k)."""
-    s2_full = np.zeros(n)
-    s2_full[: s2.size] = s2
-    return float(np.median(s1[:, None] ** 2 + s2_full[None, :] ** 2))
-
-
 colors = {std: f"C{i}" for i, std in enumerate(STDS)}
 fig, axes = plt.subplots(2, 2, figsize=(12, 7))
 for std, r in runs.items():
     c = colors[std]
     axes[0, 0].plot(r["steps"], r["sigma1"], color=c, lw=1)
     axes[0, 1].plot(r["steps"], r["sigma2"], color=c, lw=0.6)
-    med = [median_enhancement(a, b) for a, b in zip(r["sigma1"], r["sigma2"], strict=True)]
-    axes[1, 0].plot(r["steps"], med, color=c, label=f"std {std}")
+    axes[1, 0].plot(r["steps"], r["ef_median"], color=c, label=f"std {std}")
     axes[1, 1].plot(r["eval_steps"], r["valid_auc"], "o-", color=c, ms=3, label=f"MLET std {std}")
 axes[1, 1].plot(single["eval_steps"], single["valid_auc"], "k--", label="single-layer")
 axes[1, 0].axhline(1, color="grey", lw=1)
@@ -164,11 +146,11 @@ print(f"DLRM d={D}, MLET k={K}, SGD lr {cfg.optimizer_spec.lr}, {EPOCHS} epochs,
       f"notebook time {time.perf_counter() - t_start:.0f} s")
 summary = {}
 for std, r in runs.items():
-    m0 = median_enhancement(r["sigma1"][0], r["sigma2"][0])
+    m0 = r["ef_median"][0]
     if r["diverged"]:
         print(f"std {std:<6}: median enhancement at init {m0:.2e}; diverged ({r['diverged'].split(';')[0]})")
         continue
-    m1 = median_enhancement(r["sigma1"][-1], r["sigma2"][-1])
+    m1 = r["ef_median"][-1]
     change1 = np.abs(r["sigma1"][-1] / r["sigma1"][0] - 1).max()
     change2 = np.abs(r["sigma2"][-1] / r["sigma2"][0] - 1).max()
     summary[std] = r["test_auc"]
