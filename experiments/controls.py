@@ -79,7 +79,8 @@ def markdown(res: list[dict]) -> str:
         ms, mb = e["mlet_minus_single"], e["mlet_minus_best"]
         expl = (1 - mb["mean"] / ms["mean"]) if ms["mean"] > 0 else float("nan")
         cells = " | ".join(f"{e['controls'][x]:.4f}" if x in e["controls"] else "-" for x in mults)
-        lines.append(f"| {e['model']} ({e['optimizer']}) | {e['d']} | {e['k']} | {e['k_std2']:.3g} | {e['mlet']:.4f} "
+        ks2 = e["k_std2"] or float("nan")
+        lines.append(f"| {e['model']} ({e['optimizer']}) | {e['d']} | {e['k']} | {ks2:.3g} | {e['mlet']:.4f} "
                      f"| {cells} | x{e['best_mult']:g} | {ms['mean']:+.4f} +- {ms['se']:.4f} "
                      f"| {mb['mean']:+.4f} +- {mb['se']:.4f} | {expl:.0%} |")
     lines += ["", "Differences are test AUC, paired by seed (mean +- standard error over seeds). 'gain explained by "

@@ -21,7 +21,7 @@ def tiny_plan(**over) -> common.Plan:
         model_options=(("dcn", (("dnn", (16,)), ("cross_num", 1))), ("dlrm", (("bottom_mlp", (8,)),
                                                                               ("top_mlp", (16,))))),
         control_d=2, control_k=4, control_mults=(4.0,), init_models=("dcn",), init_d=2, init_k=4,
-        init_stds=(0.05, 0.5), svd_models=("dcn",), svd_bases=(4,), hash_models=("dcn",), hash_ds=(2, 4),
+        init_stds=(0.05, 0.5), svd_models=("dcn",), svd_bases=(4,), hash_models=("dcn",), hash_ds=(4,),
         hash_k=4, frac=0.2)
     return dataclasses.replace(plan, **over)
 
@@ -52,9 +52,9 @@ def test_runs_are_unique_and_shared(tiny_run):
     rows = sweep.read_rows(os.path.join(out, "runs.jsonl"))
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys))  # no run trained twice across experiments
-    # sweep 8 + controls 2 (x4) + init 1 (std 0.05; 0.5 is the default) + hashed 4; svd/int8 rows are sweep rows
-    assert len(rows) == 15
-    assert sum(line.startswith("[") for line in logs) == 15
+    # sweep 8 + controls 2 (x4) + init 1 (std 0.05; 0.5 is the default) + hashed 2; svd/int8 rows are sweep rows
+    assert len(rows) == 13
+    assert sum(line.startswith("[") for line in logs) == 13
     single4 = [r for r in rows if r["d"] == 4 and r["k"] is None and "|hash" not in r["data"] and r["seed"] == 0]
     assert {"int8", "svd:2"} <= set(single4[0]["evals"])
 
@@ -109,7 +109,7 @@ def test_resume_skips_done_rows(tiny_run):
     logs = []
     reproduce.run(plan, out, log=logs.append)
     assert not any(line.startswith("[") for line in logs)
-    assert len(sweep.read_rows(os.path.join(out, "runs.jsonl"))) == 15
+    assert len(sweep.read_rows(os.path.join(out, "runs.jsonl"))) == 13
 
 
 def test_frequency_definitions():
