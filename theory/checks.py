@@ -20,7 +20,9 @@ References:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -257,6 +259,14 @@ def run_random(n: int = 2000, d: int = 16, k: int = 64, seed: int = 0, batch: in
 
 def dlrm_case(seed: int = 0, vocab_sizes: Sequence[int] = (50, 40, 30), d: int = 4, k: int = 8, batch: int = 32,
               num_dense: int = 3, hidden: Sequence[int] = (8,), lr: float = 0.2) -> dict[str, Any]:
+    """See :func:`_dlrm_case`; cached per settings (the JAX compilation dominates), returned as a fresh copy."""
+    c = _dlrm_case(seed, tuple(int(v) for v in vocab_sizes), d, k, batch, num_dense, tuple(hidden), lr)
+    return copy.deepcopy(c)
+
+
+@functools.lru_cache(maxsize=4)
+def _dlrm_case(seed: int, vocab_sizes: tuple[int, ...], d: int, k: int, batch: int, num_dense: int,
+               hidden: tuple[int, ...], lr: float) -> dict[str, Any]:
     """A tiny float64 MLET DLRM from :mod:`mlet_jax`, its loss gradients on a synthetic batch, and one real SGD step.
 
     ``G`` of each field is the gradient of the same loss with respect to the collapsed single-layer table

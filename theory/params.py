@@ -53,13 +53,14 @@ def from_params(params: Mapping, vocab_sizes: Sequence[int], field: int) -> tupl
         vocab_sizes: rows per field, as given to the model.
         field: which field.
     """
+    rows = field_rows(vocab_sizes, field)
     emb = find_embedding(params)
     table, proj = np.asarray(emb["table"], np.float64), np.asarray(emb["projection"], np.float64)
     if table.shape[0] != sum(vocab_sizes):
         raise ValueError(f"table has {table.shape[0]} rows but vocab_sizes sum to {sum(vocab_sizes)}")
     if proj.ndim != 3 or proj.shape[0] != len(vocab_sizes) or proj.shape[1] != table.shape[1]:
         raise ValueError(f"projection must be [F={len(vocab_sizes)}, k={table.shape[1]}, d], got {proj.shape}")
-    return proj[field].T, table[field_rows(vocab_sizes, field)].T
+    return proj[field].T, table[rows].T
 
 
 def field_matrix(table, vocab_sizes: Sequence[int], field: int) -> np.ndarray:
