@@ -1,4 +1,4 @@
-# Source of 02_enhancement_factors.ipynb (build with: python notebooks/make_notebooks.py). About 40 s on a quiet CPU.
+# Source of 02_enhancement_factors.ipynb (build with: python notebooks/make_notebooks.py). 105 s on 2 shared cores.
 
 # %% [markdown]
 # # 02 · Enhancement factors of trained MLET tables

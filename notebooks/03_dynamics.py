@@ -1,4 +1,4 @@
-# Source of 03_dynamics.ipynb (build with: python notebooks/make_notebooks.py). About a minute on a quiet CPU.
+# Source of 03_dynamics.ipynb (build with: python notebooks/make_notebooks.py). 75 s on 2 heavily shared cores.
 
 # %% [markdown]
 # # 03 · Singular-value dynamics and the projection's init std (paper Figure 6)
@@ -123,10 +123,13 @@ colors = {std: f"C{i}" for i, std in enumerate(STDS)}
 fig, axes = plt.subplots(2, 2, figsize=(12, 7))
 for std, r in runs.items():
     c = colors[std]
-    axes[0, 0].plot(r["steps"], r["sigma1"], color=c, lw=1)
-    axes[0, 1].plot(r["steps"], r["sigma2"], color=c, lw=0.6)
-    axes[1, 0].plot(r["steps"], r["ef_median"], color=c, label=f"std {std}")
-    axes[1, 1].plot(r["eval_steps"], r["valid_auc"], "o-", color=c, ms=3, label=f"MLET std {std}")
+    label = f"std {std}" + (" (diverged)" if r["diverged"] else "")
+    mark = "x" if r["diverged"] else ""  # a diverged run has only its step-0 record
+    axes[0, 0].plot(r["steps"], r["sigma1"], mark, color=c, lw=1)
+    axes[0, 1].plot(r["steps"], r["sigma2"], mark, color=c, lw=0.6)
+    axes[1, 0].plot(r["steps"], r["ef_median"], mark or "-", color=c, label=label)
+    if not r["diverged"]:
+        axes[1, 1].plot(r["eval_steps"], r["valid_auc"], "o-", color=c, ms=3, label=f"MLET {label}")
 axes[1, 1].plot(single["eval_steps"], single["valid_auc"], "k--", label="single-layer")
 axes[1, 0].axhline(1, color="grey", lw=1)
 axes[0, 0].set(title=f"W1 (projection, field {FIELD}): sigma1(i)", yscale="log", xlabel="step")
