@@ -106,11 +106,13 @@ def load(cfg: RunConfig):
     return load_dataset(cfg.dataset, cfg.data_dir, **dict(cfg.data_options))
 
 
-def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: bool = False) -> dict:
+def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: bool = False,
+        callbacks=()) -> dict:
     """Train and evaluate one model; returns the result record (see the module docstring).
 
     ``dataset`` skips loading (experiments reuse one dataset across runs). With ``keep_state`` the record also
     holds ``"_state"``, ``"_trainer"`` and ``"_dataset"`` for further analysis (not JSON-serializable).
+    ``callbacks`` go to :func:`mlet_jax.training.fit` (``cb(step, state)`` after every step).
     """
     from mlet_jax.models import build_model, collapse_model
 
@@ -120,7 +122,8 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
     t0 = time.perf_counter()
     state, hist = fit(trainer, ds.train, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                       valid=ds.valid, eval_every=cfg.eval_every,
-                      early_stopping_patience=cfg.early_stopping_patience, progress=progress)
+                      early_stopping_patience=cfg.early_stopping_patience, progress=progress,
+                      callbacks=callbacks)
     wall = time.perf_counter() - t0
     logits = trainer.predict(state.params, ds.test, cfg.eval_batch_size)
     from mlet_jax.metrics import binary_metrics
