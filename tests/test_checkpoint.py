@@ -125,7 +125,7 @@ def test_nan_without_checkpoint_names_step(data):
         fit(_trainer(), train, batch_size=BATCH, epochs=1, seed=3, progress=False)
 
 
-@pytest.mark.parametrize("kind", ["mlet", "single"])
+@pytest.mark.parametrize("kind", ["mlet", pytest.param("single", marks=pytest.mark.slow)])
 def test_export_collapsed_inference_model(tmp_path, data, kind):
     trainer = _trainer(kind)
     b = next(batches(data.train, BATCH, seed=0))
