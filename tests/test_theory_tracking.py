@@ -31,8 +31,11 @@ def test_from_params_is_the_transposed_field_slice(vocab, k, d, data):
     off = sum(vocab[:f])
     table, proj = params["embeddings"]["table"], params["embeddings"]["projection"]
     assert W1.shape == (d, k) and W2.shape == (k, vocab[f]) and W1.dtype == np.float64
+    np.testing.assert_array_equal(W1, proj[f].T)
+    np.testing.assert_array_equal(W2, table[off:off + vocab[f]].T)
     # W = W1 W2 is the transpose of the field's rows of the collapsed (row-major) table.
-    np.testing.assert_allclose(W1 @ W2, (table[off:off + vocab[f]] @ proj[f]).T, rtol=1e-13)
+    ref = (table[off:off + vocab[f]] @ proj[f]).T
+    np.testing.assert_allclose(W1 @ W2, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
     np.testing.assert_array_equal(field_matrix(table, vocab, f), table[off:off + vocab[f]].T)
     assert field_rows(vocab, f) == slice(off, off + vocab[f])
 
