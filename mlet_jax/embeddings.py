@@ -171,6 +171,14 @@ class Embeddings(nn.Module):
                             (int(sum(self.vocab_sizes)), spec.width), self.param_dtype, ids_are_rows)
         rows_BxS = ids_BxS if ids_are_rows else self.row_ids(ids_BxS)
         slots = self._slots()
+        if spec.kind == "mlet" and all(s == 1 for s in slots):
+            # Field-major [F, B, k] from the gather on: the per-field projection is then a batched matmul with the
+            # batch dimension leading, and XLA inserts no [B, F, k] transposes (forward or backward); only the
+            # k/d-times smaller [F, B, d] result is transposed.
+            proj_FxKxD = self.param("projection", projection_init(spec.projection_init, spec.projection_std),
+                                    (n_fields, spec.inner_dim, spec.dim), self.param_dtype)
+            emb_FxBxK = jnp.take(table, rows_BxS.T, axis=0, mode="clip")
+            return jnp.einsum("fbk,fkd->fbd", emb_FxBxK, proj_FxKxD).transpose(1, 0, 2)
         if all(s == 1 for s in slots):
             emb_BxFxW = jnp.take(table, rows_BxS, axis=0, mode="clip")
         else:

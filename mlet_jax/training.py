@@ -160,11 +160,8 @@ class Trainer:
         tables, rest = split_tables(state.params)
         emb = _embedding_module(self.model)
         rows_BxS = emb.row_ids(jnp.asarray(batch["ids"]))
-        flat = rows_BxS.reshape(-1)
-        valid = flat >= 0
-        uniq_U, inv = jnp.unique(jnp.where(valid, flat, 0), size=flat.size, fill_value=0, return_inverse=True)
-        inv_BxS = jnp.where(valid, inv.reshape(-1), -1).reshape(rows_BxS.shape).astype(jnp.int32)
-        gathered = {k: jnp.take(v, uniq_U, axis=0) for k, v in tables.items()}
+        uniq_U, inv_BxS = _dedup_rows(rows_BxS, int(sum(emb.vocab_sizes)))
+        gathered = {k: v.at[uniq_U].get(mode="promise_in_bounds") for k, v in tables.items()}
 
         def loss_fn(rest_p, rows_p):
             params = traverse_util.unflatten_dict({**rest_p, **rows_p})
@@ -219,6 +216,35 @@ def _jit_train_step(trainer: Trainer):
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = jax.jit(trainer._train_step, donate_argnums=(0,))
     return _STEP_CACHE[key]
+
+
+# Below this many table rows the row-sparse step finds each batch row's first occurrence through a table-sized
+# int32 scratch array (fill + scatter-min + gather, all O(B S) or one memset); above it, through a sort.
+_SCATTER_DEDUP_MAX_ROWS = 1 << 23
+
+
+def _dedup_rows(rows_BxS: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
+    """Slots for the row-sparse step: ``(rows_U, slot_BxS)`` with ``U = B S``.
+
+    ``table[rows_U]`` holds every batch row at least once and ``slot_BxS`` (-1 for padding) points every occurrence
+    at one slot per distinct row, so gradients of repeated ids sum into that slot; the other slots repeat a row with
+    a zero gradient, which :class:`mlet_jax.optim.RowSparse` adds as nothing.
+
+    XLA's CPU sort (``jnp.unique``) cost a sixth of a DeepFM step at batch 1024 (26,624 ids); for tables up to
+    ``_SCATTER_DEDUP_MAX_ROWS`` rows each occurrence instead finds its row's first occurrence by a scatter-min of
+    occurrence numbers into a table-sized scratch array, and that first occurrence is the slot.
+    """
+    flat = rows_BxS.reshape(-1)
+    valid = flat >= 0
+    safe = jnp.where(valid, flat, 0)
+    if n_rows > _SCATTER_DEDUP_MAX_ROWS:
+        uniq, inv = jnp.unique(safe, size=flat.size, fill_value=0, return_inverse=True)
+        return uniq, jnp.where(valid, inv.reshape(-1), -1).reshape(rows_BxS.shape).astype(jnp.int32)
+    occ = jnp.arange(flat.size, dtype=jnp.int32)
+    first_N = jnp.full((n_rows,), flat.size, jnp.int32).at[safe].min(jnp.where(valid, occ, flat.size),
+                                                                       mode="promise_in_bounds")
+    slot = first_N.at[safe].get(mode="promise_in_bounds")
+    return safe, jnp.where(valid, slot, -1).reshape(rows_BxS.shape)
 
 
 def _embedding_module(model):

@@ -1,0 +1,256 @@
+"""mlet_jax versus DeepCTR-Torch: the same models, data, batch size, optimizer and epoch, alternated in one run.
+
+For every (model, batch size) the script runs, back to back, DeepCTR-Torch 0.3.0 (``../shared/peer_bench/
+bench_deepctr.py`` in its own venv and process) and mlet_jax with single-layer and MLET (k = 64) embeddings, in this
+process, on the ``.npz`` files that ``../shared/peer_bench/gen_data.py`` writes; so noise from other jobs on the
+machine hits both. Each run: one epoch, Adagrad lr 0.02 (torch semantics), d = 16, DeepCTR-Torch's embedding init
+N(0, 1e-4) for single-layer tables (MLET: the paper's U(+-1/sqrt(n_field)) tables and N(0, 0.5) projections),
+loss summed over the batch as DeepCTR-Torch does, test AUC / LogLoss on the test file. Initialization (DeepCTR's
+``build_s``, mlet_jax's ``Trainer.init``) is outside every throughput.
+
+Regularization: DeepCTR-Torch's defaults add ``1e-5 ||W||^2`` of every embedding table to the loss, which touches all
+14.3M table entries every step and has no exact row-sparse equivalent. mlet_jax's row-sparse tables need no L2, so
+by default DeepCTR-Torch runs with ``l2_reg_embedding = l2_reg_linear = l2_reg_cross = 0`` (``--deepctr-l2 0``),
+which makes the two compute the same function; ``--deepctr-l2 default`` keeps DeepCTR's defaults.
+
+Throughput: ``steady`` excludes the first step (JAX compilation; DeepCTR's input packing): DeepCTR-Torch's
+``(n - batch) / (t_last_step - t_first_step)``, mlet_jax's ``fit`` throughput after the first step. ``epoch``
+throughput is rows over the whole ``fit`` call, compilation and input packing included. The floor columns use the
+compiled step's FLOP count (XLA cost analysis) against the machine's matmul ceiling.
+
+Command (the BENCHMARKS.md table; about 25 minutes on the 2-core box)::
+
+    .venv/bin/python experiments/bench_vs_deepctr.py --data /tmp/peer_bench/data/criteo_like \\
+        --models DCN,DeepFM,AutoInt,xDeepFM --batch-sizes 1024 --n-train 250000 --out /tmp/vs_deepctr.jsonl
+
+Smoke mode (seconds, no DeepCTR-Torch, tiny generated arrays)::
+
+    .venv/bin/python experiments/bench_vs_deepctr.py --smoke --workdir /tmp/vs_smoke
+
+Expected: mlet_jax >= 5x DeepCTR-Torch's steady samples/s at batch 1024 for DCN, DeepFM and AutoInt with test AUC
+within 0.002; xDeepFM's CIN is FLOP-bound on both sides, so its ratio is bounded by the FLOP floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+
+import numpy as np
+
+PEER = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peer_bench"))
+MODEL_NAMES = {"DCN": "dcn", "DeepFM": "deepfm", "AutoInt": "autoint", "xDeepFM": "xdeepfm", "NFM": "nfm",
+               "WDL": "wdl"}
+NO_L2 = {"l2_reg_embedding": 0.0, "l2_reg_linear": 0.0}
+
+
+def write_tiny_arrays(prefix: str, n_train: int = 1024, n_test: int = 512, seed: int = 0) -> str:
+    """A tiny data set in gen_data.py's ``.npz`` format (dense [N, 13], sparse [N, 26], vocab, label)."""
+    rng = np.random.default_rng(seed)
+    vocab = rng.integers(2, 200, 26).astype(np.int64)
+    w = [rng.standard_normal(int(v)) for v in vocab]
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        sparse = np.stack([np.minimum(rng.geometric(0.05, n) - 1, v - 1) for v in vocab], 1).astype(np.int32)
+        dense = rng.random((n, 13)).astype(np.float32)
+        logit = sum(w[f][sparse[:, f]] for f in range(26)) / 3 + dense[:, 0] - 1
+        label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+        np.savez(f"{prefix}_{split}.npz", dense=dense, sparse=sparse, vocab=vocab, label=label, prob=label)
+    return prefix
+
+
+def _others_load() -> float:
+    return os.getloadavg()[0]
+
+
+def run_deepctr(args, model: str, batch: int) -> dict:
+    kwargs = {} if args.deepctr_l2 == "default" else dict(NO_L2, **({"l2_reg_cross": 0.0} if model == "DCN" else {}))
+    cmd = [args.deepctr_python, os.path.join(args.peer_dir, "bench_deepctr.py"), "--data", args.data, "--models", model,
+           "--batch-sizes", str(batch), "--embedding-dim", str(args.dim), "--lr", str(args.lr),
+           "--threads", str(args.threads), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
+           "--model-kwargs", json.dumps(kwargs)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench_deepctr.py failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    rec = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    rec["steady_sps"] = rec["steady_samples_per_s"]
+    rec["epoch_sps"] = rec["samples_per_s"]
+    return rec
+
+
+def run_mlet_jax(args, ds, model: str, batch: int, kind: str) -> dict:
+    import jax
+
+    from mlet_jax.data.base import batches
+    from mlet_jax.embeddings import EmbeddingSpec
+    from mlet_jax.models import build_model
+    from mlet_jax.optim import OptimizerSpec
+    from mlet_jax.training import TrainConfig, Trainer, fit
+
+    if kind == "single":  # DeepCTR-Torch's embedding init
+        spec = EmbeddingSpec(kind="single", dim=args.dim, table_init="normal", table_std=1e-4)
+    else:  # the paper's MLET init: U(+-1/sqrt(n_field)) tables, N(0, 0.5) projections
+        spec = EmbeddingSpec(kind="mlet", dim=args.dim, inner_dim=args.inner_dim, table_init="uniform",
+                             projection_std=args.projection_std)
+    net = build_model(MODEL_NAMES[model], ds.schema, spec)
+    trainer = Trainer(net, TrainConfig(optimizer=OptimizerSpec("adagrad", args.lr), loss_reduction="sum"))
+    train, test = ds.train, ds.test
+    load0 = _others_load()
+    t0 = time.perf_counter()
+    state = trainer.init(args.seed, next(batches(train, batch, seed=args.seed)))
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0  # as DeepCTR-Torch's build_s: not in the throughput
+    t0 = time.perf_counter()
+    state, hist = fit(trainer, train, batch_size=batch, epochs=1, seed=args.seed, progress=False, state=state)
+    fit_wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    m = trainer.evaluate(state.params, test, batch_size=4096)
+    eval_s = time.perf_counter() - t1
+    b0 = {"dense": train.dense[:batch], "ids": train.ids[:batch], "label": train.label[:batch]}
+    cost = trainer.train_step.lower(state, b0).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    steps = len(train) // batch
+    return {"lib": "mlet_jax", "jax": jax.__version__, "model": model, "kind": kind,
+            "inner_dim": args.inner_dim if kind == "mlet" else None, "n_train": len(train), "n_test": len(test),
+            "batch_size": batch, "embedding_dim": args.dim, "steps": steps,
+            "sparse_tables": trainer.config.sparse, "init_s": round(init_s, 3),
+            "first_step_s": round(hist.first_step_seconds, 3),
+            "fit_wall_s": round(fit_wall, 3), "steady_sps": round(hist.samples_per_second, 1),
+            "epoch_sps": round(steps * batch / fit_wall, 1), "step_flops": flops,
+            "test_auc": round(float(m["auc"]), 5), "test_logloss": round(float(m["logloss"]), 5),
+            "eval_s": round(eval_s, 3), "loadavg_before": round(load0, 2), "loadavg_after": round(_others_load(), 2),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def run_ceilings(args) -> dict:
+    out = subprocess.run([args.deepctr_python, os.path.join(args.peer_dir, "bench_ceilings.py"), "--threads",
+                          str(args.threads), "--repeats", "3", "--no-torch"], capture_output=True, text=True,
+                         check=False)
+    recs = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    return {r["metric"]: r["median"] for r in recs if "metric" in r}
+
+
+def _med(rs: list[dict], key: str) -> float:
+    return float(np.median([r[key] for r in rs])) if rs else float("nan")
+
+
+def _num(x: float) -> str:
+    return "-" if x != x else f"{x:,.0f}"
+
+
+def _ratio(a: float, b: float, digits: int) -> str:
+    return "-" if a != a or b != b else f"{a / b:.{digits}f}x"
+
+
+def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
+    """The per (model, batch) table of medians over repeats; ``ceil`` from :func:`run_ceilings` (may be empty)."""
+    gflops = ceil.get("numpy_matmul_fp32_gflops")
+    lines = ["| model | batch | DeepCTR-Torch samples/s | mlet_jax single samples/s | ratio | "
+             f"mlet_jax MLET k={inner_dim} samples/s | MLET slowdown | AUC DeepCTR / single / MLET | "
+             "LogLoss DeepCTR / single / MLET | single: GFLOP/step, % of matmul ceiling |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda k: (list(MODEL_NAMES).index(k[0]), k[1]))
+    for model, batch in keys:
+        here = [r for r in rows if r["model"] == model and r["batch_size"] == batch]
+        d = [r for r in here if r["lib"] == "deepctr-torch"]
+        s = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "single"]
+        m = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "mlet"]
+        ds_, ss, ms = _med(d, "steady_sps"), _med(s, "steady_sps"), _med(m, "steady_sps")
+        floor = ""
+        if s and gflops:
+            gf = _med(s, "step_flops") / 1e9
+            floor = f"{gf:.2f}, {100 * gf * ss / batch / gflops:.0f}%"
+        auc = " / ".join("-" if not rs else f"{_med(rs, 'test_auc'):.4f}" for rs in (d, s, m))
+        ll = " / ".join("-" if not rs else f"{_med(rs, 'test_logloss'):.4f}" for rs in (d, s, m))
+        lines.append(f"| {model} | {batch} | {_num(ds_)} | {_num(ss)} | {_ratio(ss, ds_, 1)} | {_num(ms)} | "
+                     f"{_ratio(ss, ms, 2)} | {auc} | {ll} | {floor} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="/tmp/peer_bench/data/criteo_like", help="PREFIX of PREFIX_{train,test}.npz")
+    ap.add_argument("--models", default="DCN,DeepFM,AutoInt,xDeepFM")
+    ap.add_argument("--batch-sizes", default="1024")
+    ap.add_argument("--kinds", default="single,mlet", help="mlet_jax embedding kinds to run")
+    ap.add_argument("--n-train", type=int, default=0, help="first N train rows (0 = all)")
+    ap.add_argument("--n-test", type=int, default=0, help="first N test rows (0 = all)")
+    ap.add_argument("--n-train-xdeepfm", type=int, default=0, help="xDeepFM's own --n-train (0 = as --n-train)")
+    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--inner-dim", type=int, default=64)
+    ap.add_argument("--projection-std", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1024)
+    ap.add_argument("--deepctr-l2", choices=("0", "default"), default="0")
+    ap.add_argument("--deepctr-python", default="/tmp/venv-torch/bin/python")
+    ap.add_argument("--peer-dir", default=PEER)
+    ap.add_argument("--no-deepctr", action="store_true", help="mlet_jax only")
+    ap.add_argument("--ceilings", action="store_true", help="also measure the machine's ceilings (bench_ceilings.py)")
+    ap.add_argument("--smoke", action="store_true", help="tiny generated data, batch 64, no DeepCTR-Torch")
+    ap.add_argument("--workdir", default="/tmp/vs_deepctr")
+    ap.add_argument("--out", default="", help="append JSON lines here")
+    ap.add_argument("--md", default="", help="write the markdown table here")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.data = write_tiny_arrays(os.path.join(args.workdir, "tiny"))
+        args.no_deepctr, args.batch_sizes, args.inner_dim = True, "64", 8
+
+    from mlet_jax.data.registry import load_dataset
+
+    full = load_dataset("arrays", args.data)
+    rows: list[dict] = []
+    ceil = run_ceilings(args) if args.ceilings else {}
+    if ceil:
+        print(json.dumps({"ceilings": ceil}), flush=True)
+
+    def emit(rec):
+        rec.update(host=platform.node(), cpu_count=os.cpu_count(), data=args.data, seed=args.seed,
+                   deepctr_l2=args.deepctr_l2)
+        rows.append(rec)
+        line = json.dumps(rec)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(line + "\n")
+
+    for rep in range(args.repeats):
+        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+            if model not in MODEL_NAMES:
+                raise SystemExit(f"unknown model {model}; choose from {list(MODEL_NAMES)}")
+            n_tr = args.n_train_xdeepfm if (model == "xDeepFM" and args.n_train_xdeepfm) else args.n_train
+            ds = full
+            if n_tr or args.n_test:
+                import dataclasses
+
+                ds = dataclasses.replace(full, train=full.train.take(slice(0, n_tr or len(full.train))),
+                                         test=full.test.take(slice(0, args.n_test or len(full.test))))
+            for batch in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:
+                jobs = [("deepctr", None)] if not args.no_deepctr else []
+                jobs += [("mlet_jax", k.strip()) for k in args.kinds.split(",") if k.strip()]
+                if rep % 2:  # alternate who goes first
+                    jobs.reverse()
+                for lib, kind in jobs:
+                    if lib == "deepctr":
+                        a = argparse.Namespace(**{**vars(args), "n_train": n_tr})
+                        rec = run_deepctr(a, model, batch)
+                    else:
+                        rec = run_mlet_jax(args, ds, model, batch, kind)
+                    rec["rep"] = rep
+                    emit(rec)
+    table = markdown(rows, ceil, args.inner_dim)
+    print(table)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write(table + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""experiments/bench_vs_deepctr.py: smoke mode (tiny arrays, no DeepCTR-Torch) and the markdown table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "experiments", "bench_vs_deepctr.py")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_vs_deepctr", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _allow_rank_promotion():
+    # Embeddings.row_ids adds [S] offsets to [B, S] ids by rank promotion (see tests/test_sparse.py).
+    with jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def test_smoke_mode_trains_and_reports(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    md = tmp_path / "table.md"
+    rows = _bench().main(["--smoke", "--models", "DeepFM", "--kinds", "single", "--workdir", str(tmp_path),
+                          "--out", str(out), "--md", str(md)])
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["lib"] == "mlet_jax" and r["model"] == "DeepFM" and r["sparse_tables"]
+    assert r["steady_sps"] > 0 and r["step_flops"] > 0
+    assert 0.5 < r["test_auc"] <= 1 and np.isfinite(r["test_logloss"])
+    assert json.loads(out.read_text().splitlines()[0])["model"] == "DeepFM"
+    assert "| DeepFM | 64 | - |" in md.read_text()
+
+
+def test_tiny_arrays_match_the_peer_bench_format(tmp_path):
+    from mlet_jax.data.registry import load_dataset
+
+    prefix = _bench().write_tiny_arrays(str(tmp_path / "d"), n_train=100, n_test=50)
+    ds = load_dataset("arrays", prefix)
+    assert ds.train.dense.shape == (100, 13) and ds.train.ids.shape == (100, 26) and len(ds.test) == 50
+    assert len(ds.schema.vocab_sizes) == 26
+
+
+def test_markdown_ratios_and_floor():
+    base = {"batch_size": 1024, "test_auc": 0.75, "test_logloss": 0.48}
+    rows = [dict(base, lib="deepctr-torch", model="DCN", steady_sps=10_000.0),
+            dict(base, lib="mlet_jax", kind="single", model="DCN", steady_sps=60_000.0, step_flops=2e9),
+            dict(base, lib="mlet_jax", kind="mlet", model="DCN", steady_sps=50_000.0, step_flops=2.1e9)]
+    table = _bench().markdown(rows, {"numpy_matmul_fp32_gflops": 200.0})
+    line = table.splitlines()[-1]
+    # 60k samples/s at 2 GFLOP per 1024-row step = 117 GFLOP/s, 59% of 200.
+    assert "| DCN | 1024 | 10,000 | 60,000 | 6.0x | 50,000 | 1.20x |" in line and "2.00, 59%" in line
