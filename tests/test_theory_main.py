@@ -39,3 +39,17 @@ def test_a_failing_check_exits_nonzero(monkeypatch, capsys):
 def test_bad_sizes_are_refused():
     with pytest.raises(SystemExit):
         cli.main(["--n", "0"])
+
+
+def test_public_api_and_mlet_jax_never_imports_theory():
+    import pathlib
+
+    import theory
+
+    for name in ("svd_factors", "enhancement_factors", "first_order_update", "spectral_update", "two_layer_sgd_step",
+                 "single_layer_sgd_step", "count_nonzero_enhancement_factors", "from_params", "measured_enhancement"):
+        assert callable(getattr(theory, name)), name
+    root = pathlib.Path(__file__).resolve().parents[1] / "mlet_jax"
+    offenders = [str(p) for p in root.rglob("*.py") for line in p.read_text().splitlines()
+                 if line.lstrip().startswith(("import theory", "from theory"))]
+    assert offenders == []

@@ -8,6 +8,8 @@ References:
     training" (MLET), arXiv:2309.15881.
 """
 
+from theory.enhancement import MeasuredEnhancement, measured_enhancement
+from theory.params import from_params
 from theory.spectral import (
     SVDFactors,
     count_nonzero_enhancement_factors,
@@ -26,10 +28,13 @@ from theory.updates import (
 
 __all__ = [
     "DENSE_MAX_N",
+    "MeasuredEnhancement",
     "SVDFactors",
     "count_nonzero_enhancement_factors",
     "enhancement_factors",
     "first_order_update",
+    "from_params",
+    "measured_enhancement",
     "measured_nonzero_enhancement_factors",
     "second_order_term",
     "single_layer_sgd_step",
