@@ -251,20 +251,21 @@ class Linear(nn.Module):
     The id weights are an un-factorized width-1 table over the same fused rows as the embeddings (leaf
     ``embeddings/table``, so the row-sparse optimizer updates it like any table); MLET never factorizes it, as in the
     authors' code. Bag fields pool their weights like the embeddings do. ``dense`` weights exist only when
-    ``num_dense > 0``. DeepCTR-Torch initializes both N(0, 1e-4) (``init="normal"``, ``std=1e-4``).
+    ``num_dense > 0``. DeepCTR-Torch initializes both N(0, 1e-4) (``table_init="normal"``, ``std=1e-4``);
+    ``table_init="uniform"`` gives U(+-1/sqrt(n_field)) to the table.
     """
 
     vocab_sizes: tuple[int, ...]
     num_dense: int
     slots: tuple[int, ...] | None = None
     pooling: str = "sum"
-    init: str = "normal"
+    table_init: str = "normal"
     std: float = 1e-4
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, dense_BxN: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False) -> jax.Array:
-        spec = EmbeddingSpec(kind="single", dim=1, table_init=self.init, table_std=self.std)
+        spec = EmbeddingSpec(kind="single", dim=1, table_init=self.table_init, table_std=self.std)
         w_BxFx1 = Embeddings(self.vocab_sizes, spec, self.slots, self.pooling, self.param_dtype,
                              name="embeddings")(ids_BxS, ids_are_rows=ids_are_rows)
         logit_B = w_BxFx1.sum(axis=(1, 2))
