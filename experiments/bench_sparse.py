@@ -9,8 +9,10 @@ Command (the BENCHMARKS.md numbers; about 4 minutes on the 2-core CPU box, peak 
 
     .venv/bin/python -m experiments.bench_sparse
 
-Quick look: ``--sizes 10000 100000 --steps 5``. ``--optimizer adagrad`` adds the accumulator (another ``n x k``
-array). ``--profile DIR`` writes a ``jax.profiler`` trace of the sparse steps at the largest size.
+The same-batch sparse runs are timed round-robin over the sizes (one step of each size per round), so load drift on a
+shared machine hits every size alike. Quick look: ``--sizes 10000 100000 --steps 5``. ``--optimizer adagrad`` adds
+the accumulator (another ``n x k`` array). ``--profile DIR`` writes a ``jax.profiler`` trace of the sparse steps at
+the largest size.
 """
 
 from __future__ import annotations
@@ -74,6 +76,28 @@ def time_steps(trainer: Trainer, batch: dict, params, steps: int, warmup: int = 
     return statistics.median(times), min(times), first + init_s
 
 
+def interleaved_sparse(sizes, trainers: dict, batch: dict, rounds: int) -> dict:
+    """Per-size step times of the row-sparse path, timed round-robin over the sizes.
+
+    On a shared machine the load drifts over minutes; timing one step of every size per round puts each size under
+    the same load, so the ratios between sizes stay meaningful.
+    """
+    states, times = {}, {n: [] for n in sizes}
+    b = jax.device_put(batch)
+    for n in sizes:
+        states[n] = trainers[n].init(0, batch)
+        for _ in range(2):
+            states[n], m = trainers[n].train_step(states[n], b)
+        jax.block_until_ready(m["loss"])
+    for _ in range(rounds):
+        for n in sizes:
+            t0 = time.perf_counter()
+            states[n], m = trainers[n].train_step(states[n], b)
+            jax.block_until_ready((states[n].params, m["loss"]))
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
 def machine() -> str:
     dev = jax.devices()[0]
     return (f"{platform.machine()} {os.cpu_count()} CPUs, {dev.platform} ({dev.device_kind}), "
@@ -92,11 +116,23 @@ def run(sizes, *, batch: int, steps: int, dense_max: int, optimizer: str, kind: 
     opt = OptimizerSpec("sgd", lr=0.2) if optimizer == "sgd" else OptimizerSpec("adagrad", lr=0.02)
     same = make_batch(vocab_for(min(sizes)), batch, num_dense)
     rows = []
+    models = {n: DLRM(vocab_sizes=vocab_for(n), num_dense=num_dense, embedding=spec) for n in sizes}
+    times = interleaved_sparse(sizes, {n: Trainer(m, TrainConfig(optimizer=opt, sparse_tables=True))
+                                       for n, m in models.items()}, same, steps)
+    for n in sizes:
+        uniq = len(np.unique(same["ids"] + field_offsets(vocab_for(n))[None, :]))
+        row = {"n_total": n, "path": "sparse", "ids": "same", "kind": kind, "optimizer": optimizer, "batch": batch,
+               "fields": N_FIELDS, "unique_rows": uniq, "steps": steps, "interleaved": True,
+               "step_ms_median": statistics.median(times[n]) * 1e3, "step_ms_min": min(times[n]) * 1e3}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    jax.clear_caches()
+    gc.collect()
     for n in sizes:
         vocab = vocab_for(n)
         model = DLRM(vocab_sizes=vocab, num_dense=num_dense, embedding=spec)  # the paper's Criteo MLPs
         params = Trainer(model).init_params(0, same)
-        runs = [("sparse", "same", same), ("dense", "same", same)]
+        runs = [("dense", "same", same)]  # the same-batch sparse runs were timed above, interleaved
         if uniform:
             runs.append(("sparse", "uniform", make_batch(vocab, batch, num_dense, seed=1)))
         for path, ids, b in runs:
