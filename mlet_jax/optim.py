@@ -64,6 +64,13 @@ def torch_sgd(lr: float, momentum: float = 0.0, dampening: float = 0.0, weight_d
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _decayed_lr(lr: float, lr_decay: float, count, dtype):
+    """torch's ``lr / (1 + (t - 1) * lr_decay)`` in the parameter's dtype (a float64 run keeps a float64 lr)."""
+    if not lr_decay:
+        return lr
+    return lr / (1 + (count - 1).astype(dtype) * lr_decay)
+
+
 class TorchAdagradState(NamedTuple):
     count: chex.Array
     sum: Any
@@ -79,14 +86,14 @@ def torch_adagrad(lr: float, lr_decay: float = 0.0, weight_decay: float = 0.0,
 
     def update_fn(updates, state, params=None):
         count = state.count + 1
-        clr = lr / (1 + (count - 1).astype(jnp.float32) * lr_decay)
         if weight_decay:
             if params is None:
                 raise ValueError("torch_adagrad with weight_decay needs params")
             updates = jax.tree_util.tree_map(lambda g, p: g + weight_decay * p, updates, params)
         acc = jax.tree_util.tree_map(lambda s, g: s + g * g, state.sum, updates)
         updates = jax.tree_util.tree_map(
-            lambda g, s: (-clr * (g / (jnp.sqrt(s) + eps))).astype(g.dtype), updates, acc)
+            lambda g, s: (-_decayed_lr(lr, lr_decay, count, g.dtype) * (g / (jnp.sqrt(s) + eps))).astype(g.dtype),
+            updates, acc)
         return updates, TorchAdagradState(count=count, sum=acc)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -185,7 +192,7 @@ class RowSparse:
         count = state.count + 1
         if s.name == "sgd":
             return table.at[rows_U].add(-s.lr * grad_UxW), RowSparseState(count, None)
-        clr = s.lr / (1 + (count - 1).astype(jnp.float32) * s.lr_decay)
+        clr = _decayed_lr(s.lr, s.lr_decay, count, table.dtype)
         acc = state.sum.at[rows_U].add(grad_UxW * grad_UxW)
         step = -clr * (grad_UxW / (jnp.sqrt(acc[rows_U]) + s.eps))
         return table.at[rows_U].add(step.astype(table.dtype)), RowSparseState(count, acc)

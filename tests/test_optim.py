@@ -140,3 +140,19 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="learning rate"):
         OptimizerSpec("sgd", 0.0)
     assert OptimizerSpec("adagrad", 0.02).scaled(4).lr == pytest.approx(0.08)
+
+
+def test_adagrad_float64_keeps_float64_lr():
+    # lr = 0.02 is not a float32 number: a float64 run must use the float64 value exactly
+    with jax.enable_x64(True):
+        for decay in (0.0, 0.1):
+            tx = torch_adagrad(0.02, lr_decay=decay)
+            p = jnp.zeros(3, jnp.float64)
+            g = jnp.array([1.0, -2.0, 0.5], jnp.float64)
+            st = tx.init(p)
+            u, st = tx.update(g, st, p)
+            u, st = tx.update(g, st, p)
+            s = 2 * np.asarray(g) ** 2
+            want = -0.02 / (1 + decay) * np.asarray(g) / (np.sqrt(s) + 1e-10)
+            assert u.dtype == jnp.float64
+            np.testing.assert_allclose(np.asarray(u), want, rtol=1e-15)
