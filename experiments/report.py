@@ -125,14 +125,38 @@ def _v(k, n):
     return "reproduced" if k == n else ("not reproduced" if k == 0 else f"mixed ({k}/{n})")
 
 
-def build(out: str, title: str = "MLET reproduction report", preamble: str = "") -> str:
-    parts = [f"# {title}", ""]
-    if preamble:
-        parts += [preamble, ""]
+NOTES = """How to read the verdicts: a claim is "reproduced" when every cell agrees in the direction of the mean over
+seeds (no significance test, except the controls row, which asks for more than 2 standard errors). Means over few
+seeds on a small synthetic dataset: a verdict on this data says what this generator does, not what Criteo or Avazu
+do. The learning-rate controls choose the best multiplier on the test set, which favors the control; when MLET
+loses to the best control by more than its standard error, its gain at this setting is explained by an effective
+embedding learning-rate increase (``k * std^2`` for a fresh factorized row) rather than by the factorization."""
+
+
+def describe(out: str) -> str:
+    """The plan and wall time, from ``plan.json`` and ``timing.json`` when present."""
+    plan, timing = _load(out, "plan.json"), _load(out, "timing.json")
+    text = []
+    if plan:
+        seeds = {m: dict(map(tuple, plan["seeds"])).get(m, plan["default_seeds"]) for m in plan["models"]}
+        text.append(f"Data: `{plan['dataset']}` {dict(map(tuple, plan['data_options']))}. Models {plan['models']} "
+                    f"(DLRM: SGD lr 0.2; others: Adagrad lr 0.02; batch {plan['batch_size']}, {plan['epochs']} "
+                    f"epoch), d {plan['ds']}, k {plan['ks']} (None = single-layer), seeds {seeds}.")
+    if timing:
+        steps = ", ".join(f"{k} {v:.0f}s" for k, v in timing.items() if isinstance(v, (int, float)) and k != "total_s")
+        text.append(f"Measured wall time {timing['total_s'] / 60:.1f} min on {timing['machine']['cpus']} CPUs "
+                    f"(load average at the end {timing['machine']['load_avg_at_end'][2]:.1f}: a shared machine): "
+                    f"{steps}.")
+    text.append("Every number below is computed from `runs.jsonl` in this folder (one row per training run).")
+    return " ".join(text)
+
+
+def build(out: str, title: str = "MLET reproduction report", preamble: str | None = None) -> str:
+    parts = [f"# {title}", "", preamble if preamble is not None else describe(out), ""]
     v = verdicts(out)
     if v:
         parts += ["## Which claims this run reproduces", "", "| claim | verdict | evidence |", "|---|---|---|"]
-        parts += [f"| {c} | **{r}** | {e} |" for c, r, e in v] + [""]
+        parts += [f"| {c} | **{r}** | {e} |" for c, r, e in v] + ["", NOTES, ""]
     for head, md, fig in SECTIONS:
         path = os.path.join(out, md)
         if not os.path.exists(path):

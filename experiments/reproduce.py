@@ -43,11 +43,7 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print, quick: b
                          "load_avg_at_end": os.getloadavg()}
     if train and shard == (0, 1):
         sweep.write_text(os.path.join(out, "timing.json"), json.dumps(timing, indent=1))
-    pre = (f"Plan: {'quick (synthetic)' if quick else 'paper grid'} on `{plan.dataset}` "
-           f"({dict(plan.data_options)}); models {', '.join(plan.models)}; d {plan.ds}; k {plan.ks}; "
-           f"seeds {[plan.n_seeds(m) for m in plan.models]}. Wall time {timing['total_s'] / 60:.1f} min "
-           f"({timing}). Every number below comes from `runs.jsonl` in this folder.")
-    report.build(out, preamble=pre)
+    report.build(out)
     return timing
 
 
