@@ -186,24 +186,26 @@ class CIN(nn.Module):
     @nn.compact
     def __call__(self, x0_BxFxD: jax.Array) -> jax.Array:
         b, f, d = x0_BxFxD.shape
-        x_BxHxD, outs = x0_BxFxD, []
+        # Work in [B, D, maps] layout, so each layer's compression is one [B D, H F] x [H F, C] matrix product.
+        x0_BxDxF = jnp.swapaxes(x0_BxFxD, 1, 2)
+        x_BxDxH, outs = x0_BxDxF, []
         for i, size in enumerate(self.layer_sizes):
             last = i == len(self.layer_sizes) - 1
             if self.split_half and not last and size % 2:
                 raise ValueError(f"CIN layer sizes must be even except the last with split_half, got {size}")
-            fan_in = x_BxHxD.shape[1] * f
+            fan_in = x_BxDxH.shape[2] * f
             bound = 1.0 / np.sqrt(fan_in)  # torch Conv1d default: U(+-1/sqrt(in_channels * kernel_size))
             uni = lambda key, shape, dtype, bound=bound: jax.random.uniform(key, shape, dtype, -bound, bound)
-            w_HMxC = self.param(f"kernel_{i}", uni, (fan_in, size), self.param_dtype)
+            w_HFxC = self.param(f"kernel_{i}", uni, (fan_in, size), self.param_dtype)
             b_C = self.param(f"bias_{i}", uni, (size,), self.param_dtype)
-            z_BxHMxD = jnp.einsum("bhd,bmd->bhmd", x_BxHxD, x0_BxFxD).reshape(b, fan_in, d)
-            h_BxCxD = nn.relu(jnp.einsum("bkd,kc->bcd", z_BxHMxD, w_HMxC) + b_C[None, :, None])
+            z_BxDxHF = (x_BxDxH[:, :, :, None] * x0_BxDxF[:, :, None, :]).reshape(b, d, fan_in)
+            h_BxDxC = nn.relu(z_BxDxHF @ w_HFxC + b_C[None, None, :])
             if self.split_half and not last:
-                x_BxHxD, direct = h_BxCxD[:, : size // 2], h_BxCxD[:, size // 2:]
+                x_BxDxH, direct = h_BxDxC[:, :, : size // 2], h_BxDxC[:, :, size // 2:]
             else:
-                x_BxHxD, direct = h_BxCxD, h_BxCxD
-            outs.append(direct)
-        return jnp.concatenate(outs, axis=1).sum(axis=-1)
+                x_BxDxH, direct = h_BxDxC, h_BxDxC
+            outs.append(direct.sum(axis=1))
+        return jnp.concatenate(outs, axis=1)
 
 
 class InteractingLayer(nn.Module):
