@@ -19,13 +19,6 @@ from mlet_jax.training import NonFiniteLossError, TrainConfig, Trainer, fit
 BATCH = 32
 
 
-@pytest.fixture(autouse=True)
-def _allow_rank_promotion():
-    # TODO: Embeddings.row_ids adds [S] offsets to [B, S] ids by rank promotion; drop once it broadcasts explicitly.
-    with jax.numpy_rank_promotion("allow"):
-        yield
-
-
 @pytest.fixture(scope="module")
 def data():
     return make_synthetic(0, n_train=20 * BATCH + 5, n_valid=0, n_test=64, vocab_sizes=(5, 20, 50), num_dense=2)

@@ -21,7 +21,7 @@ from mlet_jax.distributed import _is_table_leaf, full_shape_ops, make_mesh, stat
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    jax.config.update("jax_numpy_rank_promotion", "allow")  # TODO: drop once Embeddings.row_ids broadcasts
+    jax.config.update("jax_numpy_rank_promotion", "raise")
     from mlet_jax.distributed import full_shape_ops, make_mesh, shard_batch, shard_train_step
     from mlet_jax.embeddings import EmbeddingSpec
     from mlet_jax.models.dlrm import DLRM

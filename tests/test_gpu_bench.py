@@ -6,16 +6,8 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
 from experiments import gpu_bench
-
-
-@pytest.fixture(autouse=True)
-def _allow_rank_promotion():
-    # TODO: Embeddings.row_ids adds [S] offsets to [B, S] ids by rank promotion; drop once it broadcasts explicitly.
-    with jax.numpy_rank_promotion("allow"):
-        yield
 
 
 def test_smoke_mode_prints_table_last(tmp_path, capsys):

@@ -38,14 +38,6 @@ def _model(kind: str, slots=None) -> DLRM:
     return DLRM(vocab_sizes=VOCAB, num_dense=2, embedding=spec, bottom_mlp=(8,), top_mlp=(8,), slots=slots)
 
 
-@pytest.fixture(autouse=True)
-def _allow_rank_promotion():
-    # TODO: Embeddings.row_ids adds [S] offsets to [B, S] ids by rank promotion; drop this once it broadcasts
-    # explicitly.
-    with jax.numpy_rank_promotion("allow"):
-        yield
-
-
 def _train(model, config, batches):
     trainer = Trainer(model, config)
     state = trainer.init(0, batches[0])
