@@ -133,6 +133,7 @@ def _append_many(path, worker, n):
         sweep.append_row(path, {"key": f"{worker}-{i}", "pad": "x" * (5000 + 37 * i)})
 
 
+@pytest.mark.filterwarnings("ignore:os.fork")  # the children only append to a file; no JAX runs in them
 def test_parallel_appends_give_valid_jsonl(tmp_path):
     path = str(tmp_path / "runs.jsonl")
     ctx = mp.get_context("fork")
