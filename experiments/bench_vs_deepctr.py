@@ -46,6 +46,7 @@ PEER = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 MODEL_NAMES = {"DCN": "dcn", "DeepFM": "deepfm", "AutoInt": "autoint", "xDeepFM": "xdeepfm", "NFM": "nfm",
                "WDL": "wdl"}
 NO_L2 = {"l2_reg_embedding": 0.0, "l2_reg_linear": 0.0}
+NO_L2_EXTRA = {"DCN": {"l2_reg_cross": 0.0}}
 
 
 def write_tiny_arrays(prefix: str, n_train: int = 1024, n_test: int = 512, seed: int = 0) -> str:
@@ -68,7 +69,9 @@ def _others_load() -> float:
 
 
 def run_deepctr(args, model: str, batch: int) -> dict:
-    kwargs = {} if args.deepctr_l2 == "default" else dict(NO_L2, **({"l2_reg_cross": 0.0} if model == "DCN" else {}))
+    kwargs = {} if args.deepctr_l2 == "default" else {**NO_L2, **NO_L2_EXTRA.get(model, {})}
+    if model == "AutoInt":  # DeepCTR-Torch 0.3.0's AutoInt fixes l2_reg_linear = 0 and does not take it
+        kwargs.pop("l2_reg_linear", None)
     cmd = [args.deepctr_python, os.path.join(args.peer_dir, "bench_deepctr.py"), "--data", args.data, "--models", model,
            "--batch-sizes", str(batch), "--embedding-dim", str(args.dim), "--lr", str(args.lr),
            "--threads", str(args.threads), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
@@ -197,7 +200,14 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--workdir", default="/tmp/vs_deepctr")
     ap.add_argument("--out", default="", help="append JSON lines here")
     ap.add_argument("--md", default="", help="write the markdown table here")
+    ap.add_argument("--table-from", default="", help="only print the markdown table of this JSONL file's rows")
     args = ap.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from) as fh:
+            rows = [json.loads(x) for x in fh if x.startswith('{"lib"')]
+        table = markdown(rows, {}, args.inner_dim)
+        print(table)
+        return rows
     if args.smoke:
         args.data = write_tiny_arrays(os.path.join(args.workdir, "tiny"))
         args.no_deepctr, args.batch_sizes, args.inner_dim = True, "64", 8
