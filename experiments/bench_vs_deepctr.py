@@ -201,11 +201,14 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", default="", help="append JSON lines here")
     ap.add_argument("--md", default="", help="write the markdown table here")
     ap.add_argument("--table-from", default="", help="only print the markdown table of this JSONL file's rows")
+    ap.add_argument("--matmul-gflops", type=float, default=0.0,
+                    help="with --table-from: the matmul ceiling for the floor column (the peer README: ~200 quiet)")
     args = ap.parse_args(argv)
     if args.table_from:
         with open(args.table_from) as fh:
             rows = [json.loads(x) for x in fh if x.startswith('{"lib"')]
-        table = markdown(rows, {}, args.inner_dim)
+        ceil = {"numpy_matmul_fp32_gflops": args.matmul_gflops} if args.matmul_gflops else {}
+        table = markdown(rows, ceil, args.inner_dim)
         print(table)
         return rows
     if args.smoke:
