@@ -100,8 +100,11 @@ def table_init(kind: str, vocab_sizes: Sequence[int], std: float = 1e-4):
             bound = 1.0 / np.sqrt(counts.astype(np.float64))
         else:  # xavier: torch xavier_uniform on a [n_field, width] weight
             bound = np.sqrt(6.0 / (counts + width))
-        scale = jnp.asarray(np.repeat(bound, counts), dtype)[:, None]
-        return scale * jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+        # one draw, scaled field by field through static slices: a per-row scale vector would be an [n_total]
+        # constant in the HLO (slower to compile), and one draw per field compiles F random-bit generators
+        u = jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+        lo = np.concatenate([[0], np.cumsum(counts)])
+        return jnp.concatenate([u[lo[f]:lo[f + 1]] * jnp.asarray(b, dtype) for f, b in enumerate(bound)])
 
     return init
 

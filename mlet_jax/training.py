@@ -112,7 +112,9 @@ class Trainer:
     # -- construction -------------------------------------------------------------------------------------------
     def init_params(self, seed_or_key, batch: dict) -> dict:
         key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
-        return self.model.init(key, jnp.asarray(batch["dense"]), jnp.asarray(batch["ids"]))["params"]
+        # jitted: op-by-op init of a large table compiles each random initializer separately (seconds per model)
+        init = jax.jit(lambda k, dense, ids: self.model.init(k, dense, ids)["params"])
+        return init(key, jnp.asarray(batch["dense"]), jnp.asarray(batch["ids"]))
 
     def init(self, seed_or_key, batch: dict, params: dict | None = None) -> TrainState:
         """A fresh train state (parameters from ``seed_or_key`` unless ``params`` is given)."""

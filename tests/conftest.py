@@ -7,3 +7,8 @@ import jax  # noqa: E402
 
 # Silent rank broadcasting hides shape bugs (equinox's conftest does the same).
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_collection_finish(session):
+    # A test module that flips x64 globally at import would silently run every other test in float64.
+    assert not jax.config.jax_enable_x64, "a test module enabled jax_enable_x64 globally; use jax.enable_x64()"

@@ -15,7 +15,12 @@ from theory.enhancement import (
     two_layer_step,
 )
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    # float64 for this module only: a global config update at import would switch the whole session to x64
+    with jax.enable_x64(True):
+        yield
 
 
 def case(d, k, n, seed, b=3):

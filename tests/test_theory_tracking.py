@@ -12,7 +12,12 @@ from theory import checks
 from theory.params import field_matrix, field_rows, find_embedding, from_params
 from theory.tracking import SpectrumTracker, field_spectrum, spectrum_record, track_saved
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    # float64 for this module only: a global config update at import would switch the whole session to x64
+    with jax.enable_x64(True):
+        yield
 
 
 def mlet_params(vocab, k, d, seed=0):

@@ -17,7 +17,12 @@ from theory import (
 )
 from theory.updates import second_order_term
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    # float64 for this module only: a global config update at import would switch the whole session to x64
+    with jax.enable_x64(True):
+        yield
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
