@@ -6,9 +6,7 @@ import importlib.util
 import json
 import os
 
-import jax
 import numpy as np
-import pytest
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "experiments", "bench_vs_deepctr.py")
 
@@ -18,13 +16,6 @@ def _bench():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(autouse=True)
-def _allow_rank_promotion():
-    # Embeddings.row_ids adds [S] offsets to [B, S] ids by rank promotion (see tests/test_sparse.py).
-    with jax.numpy_rank_promotion("allow"):
-        yield
 
 
 def test_smoke_mode_trains_and_reports(tmp_path):
