@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mlet_jax.io import atomic_write_text
 from mlet_jax.train import RunConfig
 from mlet_jax.train import run as train_run
 
@@ -71,13 +72,7 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def write_text(path: str, text: str) -> None:
-    """Write a file under a temporary name, then rename it into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+write_text = atomic_write_text
 
 
 def _json_default(x):

@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 from mlet_jax.data.synthetic import make_synthetic
-from mlet_jax.train import RunConfig, _atomic_write, run
+from mlet_jax.io import atomic_write_text
+from mlet_jax.train import RunConfig, run
 
 COLLAPSE_TOL = 1e-5
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"model": "dlrm", "optimizer": "sgd", "lr": 0.2, "batch_size": 256, "epochs": 1,
                            "k": args.k, "projection_std": args.projection_std, "bottom_mlp": [256, 128],
                            "n_train": args.n_train, "seeds": args.seeds, "control_mults": args.control_mults}}
-    _atomic_write(os.path.join(args.out, "results.json"), json.dumps(result, indent=1) + "\n")
+    atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(result, indent=1) + "\n")
     plot(summary, names, os.path.join(args.out, "auc_vs_d.png"))
     print()
     print(format_table(summary, names))

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from mlet_jax.embeddings import EmbeddingSpec, count_params
+from mlet_jax.io import atomic_write_text
 from mlet_jax.models.presets import paper_embedding, paper_optimizer, paper_train_config
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer, fit
@@ -229,17 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     rec = run(cfg, progress=not args.no_progress)
     text = json.dumps(rec, default=float)
     if args.out:
-        _atomic_write(args.out, text + "\n")
+        atomic_write_text(args.out, text + "\n")
     print(text)
     return rec
-
-
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
