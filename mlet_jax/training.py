@@ -112,9 +112,7 @@ class Trainer:
     # -- construction -------------------------------------------------------------------------------------------
     def init_params(self, seed_or_key, batch: dict) -> dict:
         key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
-        # jitted: op-by-op init of a large table compiles each random initializer separately (seconds per model)
-        init = jax.jit(lambda k, dense, ids: self.model.init(k, dense, ids)["params"])
-        return init(key, jnp.asarray(batch["dense"]), jnp.asarray(batch["ids"]))
+        return _jit_init(self.model)(key, jnp.asarray(batch["dense"]), jnp.asarray(batch["ids"]))
 
     def init(self, seed_or_key, batch: dict, params: dict | None = None) -> TrainState:
         """A fresh train state (parameters from ``seed_or_key`` unless ``params`` is given)."""
@@ -188,7 +186,7 @@ class Trainer:
     @functools.cached_property
     def eval_step(self) -> Callable[[dict, dict], jax.Array]:
         """Jitted ``(params, batch) -> logits``."""
-        return jax.jit(lambda params, batch: self.model.apply({"params": params}, batch["dense"], batch["ids"]))
+        return _jit_eval(self.model)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def predict(self, params, split: Split, batch_size: int = 8192) -> np.ndarray:
@@ -210,6 +208,18 @@ class Trainer:
 
 
 _STEP_CACHE: dict = {}
+
+
+# Equal (hashable) models share one compiled init and eval function: a seed sweep compiles each once.
+@functools.lru_cache(maxsize=128)
+def _jit_init(model):
+    # jitted: op-by-op init of a large table compiles each random initializer separately (seconds per model)
+    return jax.jit(lambda key, dense, ids: model.init(key, dense, ids)["params"])
+
+
+@functools.lru_cache(maxsize=128)
+def _jit_eval(model):
+    return jax.jit(lambda params, batch: model.apply({"params": params}, batch["dense"], batch["ids"]))
 
 
 def _jit_train_step(trainer: Trainer):
