@@ -31,6 +31,7 @@ import numpy as np
 
 from mlet_jax.data.base import batches
 from mlet_jax.data.synthetic import make_synthetic
+from mlet_jax.io import atomic_write_text
 from mlet_jax.models import MODELS, build_model
 from mlet_jax.models.presets import paper_embedding, paper_optimizer
 from mlet_jax.training import TrainConfig, Trainer
@@ -82,11 +83,7 @@ def run(models, *, dim: int = 16, inner_dim: int = 64, batch: int = 1024, steps:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if out:
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, out)
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

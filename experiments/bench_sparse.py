@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlet_jax.embeddings import EmbeddingSpec, field_offsets
+from mlet_jax.io import atomic_write_text
 from mlet_jax.models.dlrm import DLRM
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer
@@ -158,11 +159,7 @@ def run(sizes, *, batch: int, steps: int, dense_max: int, optimizer: str, kind: 
             gc.collect()
         del params
     if out:
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, out)
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
