@@ -96,3 +96,22 @@ def test_row_sparse_rejects_inexact_optimizers():
         RowSparse(OptimizerSpec("sgd", lr=0.1, momentum=0.9))
     with pytest.raises(ValueError, match="sparse_tables=True"):
         TrainConfig(optimizer=OptimizerSpec("adagrad", weight_decay=1e-4), sparse_tables=True)
+
+
+def test_sort_based_dedup_equals_dense(monkeypatch):
+    # Tables above _SCATTER_DEDUP_MAX_ROWS rows deduplicate through jnp.unique's sort instead of the scatter-min
+    # scratch array; force that path on a small table so it is checked too.
+    import mlet_jax.training as training
+
+    monkeypatch.setattr(training, "_SCATTER_DEDUP_MAX_ROWS", 0)
+    training._STEP_CACHE.clear()
+    try:
+        data = _batches(8, slots=(1, 3, 2, 1))
+        model = _model("mlet", (1, 3, 2, 1))
+        opt = OptimizerSpec("adagrad", 0.05)
+        dense = _train(model, TrainConfig(optimizer=opt, sparse_tables=False), data)
+        sparse = _train(model, TrainConfig(optimizer=opt, sparse_tables=True), data)
+        for d, s in zip(jax.tree_util.tree_leaves(dense), jax.tree_util.tree_leaves(sparse), strict=True):
+            np.testing.assert_allclose(s, d, atol=1e-6, rtol=0)
+    finally:
+        training._STEP_CACHE.clear()  # later tests must compile the default (scatter) path again
