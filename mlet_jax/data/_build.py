@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import polars as pl
@@ -249,3 +249,23 @@ def _bar(progress: bool, total: int, desc: str, unit: str = "row"):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
+
+
+def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, parse: Callable) -> None:
+    """Split each text block into checked lines, parse them into ``store``, and advance the byte progress bar.
+
+    ``split(block)`` returns the block's good lines (``.data``, ``.line_no``); ``parse(lines)`` returns the arrays
+    for :meth:`RawStore.append`. The store and the bar are closed whatever happens.
+    """
+    try:
+        for block in blocks:
+            lines = split(block)
+            if len(lines.line_no):
+                store.append(*parse(lines))
+            if bar is not None:
+                bar.n = block.bytes_read
+                bar.refresh()
+    finally:
+        store.close()
+        if bar is not None:
+            bar.close()

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from mlet_jax.data import splits
-from mlet_jax.data._build import Field, RawStore, _bar, finalize, string_keys
+from mlet_jax.data._build import Field, RawStore, _bar, finalize, parse_text_blocks, string_keys
 from mlet_jax.data._text import BLOCK_BYTES, check_file, iter_blocks, split_lines
 from mlet_jax.data.errors import BadRows, DataFormatError
 
@@ -94,18 +94,10 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
     store = RawStore(writer.file("_raw"), fields, ["hour"] if options["hour_dense"] else [])
     bar = _bar(progress, size, "parse avazu", unit="B")
     first.data, first.first_line = first.data[nl:], 2
-    try:
-        for block in _chain(first, blocks):
-            lines = split_lines(block, path, b",", len(cols), bad)
-            if len(lines.line_no):
-                store.append(*parse_block(lines.data, lines.line_no, path, cols, cats, bad, options["hour_dense"]))
-            if bar is not None:
-                bar.n = block.bytes_read
-                bar.refresh()
-    finally:
-        store.close()
-        if bar is not None:
-            bar.close()
+    parse_text_blocks(store, _chain(first, blocks), bar,
+                      lambda block: split_lines(block, path, b",", len(cols), bad),
+                      lambda lines: parse_block(lines.data, lines.line_no, path, cols, cats, bad,
+                                                options["hour_dense"]))
     if store.n == 0:
         raise DataFormatError(path, "no data rows after the header", line=2)
     codes = splits.random_split(store.n, options["test_fraction"], options["valid_fraction"], options["seed"])

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from mlet_jax.data import splits
-from mlet_jax.data._build import MISSING_KEY, Field, RawStore, _bar, finalize
+from mlet_jax.data._build import MISSING_KEY, Field, RawStore, _bar, finalize, parse_text_blocks
 from mlet_jax.data._text import BLOCK_BYTES, check_file, iter_blocks, split_lines
 from mlet_jax.data.errors import BadRows
 
@@ -76,18 +76,9 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
     bad = BadRows(options["on_bad_row"])
     store = RawStore(writer.file("_raw"), [Field(c) for c in CATS], list(DENSE))
     bar = _bar(progress, size, "parse criteo", unit="B")
-    try:
-        for block in iter_blocks(path, options["block_bytes"]):
-            lines = split_lines(block, path, b"\t", len(COLUMNS), bad)
-            if len(lines.line_no):
-                store.append(*parse_block(lines.data, lines.line_no, path, bad))
-            if bar is not None:
-                bar.n = block.bytes_read
-                bar.refresh()
-    finally:
-        store.close()
-        if bar is not None:
-            bar.close()
+    parse_text_blocks(store, iter_blocks(path, options["block_bytes"]), bar,
+                      lambda block: split_lines(block, path, b"\t", len(COLUMNS), bad),
+                      lambda lines: parse_block(lines.data, lines.line_no, path, bad))
     if store.n == 0:
         from mlet_jax.data.errors import DataFormatError
 
