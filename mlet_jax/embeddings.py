@@ -174,7 +174,21 @@ class Embeddings(nn.Module):
                             (int(sum(self.vocab_sizes)), spec.width), self.param_dtype, ids_are_rows)
         rows_BxS = ids_BxS if ids_are_rows else self.row_ids(ids_BxS)
         slots = self._slots()
-        if spec.kind == "mlet" and all(s == 1 for s in slots):
+        if spec.kind == "mlet" and ids_are_rows:
+            # Row-sparse step: `table` holds the batch's rows slot-major (slot s B + b is the row of ids[b, s];
+            # mlet_jax.training._dedup_rows), so every slot belongs to one field. Projecting the slots first and
+            # looking up d-wide afterwards gives the same numbers (pooling and projection are both linear) and
+            # makes the backward's scatter of per-occurrence gradients into slots d-wide instead of k-wide.
+            proj_FxKxD = self.param("projection", projection_init(spec.projection_init, spec.projection_std),
+                                    (n_fields, spec.inner_dim, spec.dim), self.param_dtype)
+            n_slots = ids_BxS.shape[1]
+            if table.shape[0] != ids_BxS.shape[0] * n_slots:
+                raise ValueError(f"ids_are_rows: expected the batch's {ids_BxS.shape[0]} x {n_slots} slot rows, "
+                                 f"got a table of {table.shape[0]} rows")
+            p_SxKxD = proj_FxKxD if all(s == 1 for s in slots) else proj_FxKxD[np.repeat(np.arange(n_fields), slots)]
+            table = jnp.einsum("sbk,skd->sbd", table.reshape(n_slots, ids_BxS.shape[0], spec.inner_dim),
+                               p_SxKxD).reshape(-1, spec.dim)
+        elif spec.kind == "mlet" and all(s == 1 for s in slots):
             # Field-major [F, B, k] from the gather on: the per-field projection is then a batched matmul with the
             # batch dimension leading, and XLA inserts no [B, F, k] transposes (forward or backward); only the
             # k/d-times smaller [F, B, d] result is transposed.
@@ -195,7 +209,7 @@ class Embeddings(nn.Module):
                 pooled.append(v)
                 col += s
             emb_BxFxW = jnp.stack(pooled, axis=1)
-        if spec.kind == "single":
+        if spec.kind == "single" or ids_are_rows:
             return emb_BxFxW
         proj_FxKxD = self.param("projection", projection_init(spec.projection_init, spec.projection_std),
                                 (n_fields, spec.inner_dim, spec.dim), self.param_dtype)

@@ -36,7 +36,7 @@ def np_bce(logits, y):
 @pytest.mark.parametrize("sparse", [True, False])
 def test_train_step_is_one_sgd_step_on_mean_bce(ds, sparse):
     model = small_dlrm(ds)
-    tr = Trainer(model, TrainConfig(OptimizerSpec("sgd", 0.2), sparse_tables=sparse))
+    tr = Trainer(model, TrainConfig(OptimizerSpec("sgd", 0.2), sparse_tables=sparse, grad_norm=True))
     batch = {k: v[:64] for k, v in {"dense": ds.train.dense, "ids": ds.train.ids, "label": ds.train.label}.items()}
     state = tr.init(0, batch)
     p0 = jax.tree_util.tree_map(np.array, state.params)
@@ -53,6 +53,11 @@ def test_train_step_is_one_sgd_step_on_mean_bce(ds, sparse):
     for a, b in zip(jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert int(new.step) == 1
+    # the sparse path's norm runs over gathered slots (repeats carry zero gradient): the same float64 number
+    g_norm = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree_util.tree_leaves(g)))
+    assert float(m["grad_norm"]) == pytest.approx(g_norm, rel=1e-5)
+    assert "grad_norm" not in Trainer(model, TrainConfig(OptimizerSpec("sgd", 0.2), sparse_tables=sparse)).train_step(
+        tr.init(0, batch), batch)[1]
 
 
 def test_fit_is_deterministic_and_learns(ds):

@@ -1,0 +1,125 @@
+"""Where one mlet_jax train step spends its time: XLA thunks from a ``jax.profiler`` trace, summed per op.
+
+Builds a model exactly as ``experiments/bench_vs_deepctr.py`` does (Adagrad lr 0.02, summed loss, DeepCTR-Torch's
+embedding init for single-layer, the paper's for MLET), on the peer bench's ``.npz`` files (or tiny generated ones
+with ``--smoke``), runs ``--steps`` donated train steps under ``jax.profiler.trace`` and prints the per-step
+milliseconds of the heaviest XLA ops with the op's HLO (``--hlo`` prints the fused computation of each), then the
+compiled step's FLOPs. Use it before optimizing a model's step; BENCHMARKS.md quotes its tables.
+
+Command (BENCHMARKS.md)::
+
+    .venv/bin/python -m experiments.profile_step --model autoint --kind single --batch 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+
+
+def aggregate(trace_dir: str, steps: int) -> list[tuple[str, float, int]]:
+    """``[(op name, ms per step, calls per step)]`` of every complete event in the trace, heaviest first."""
+    files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+    if not files:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}")
+    with gzip.open(files[0]) as f:
+        events = json.load(f)["traceEvents"]
+    total, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e:
+            total[e["name"]] += e["dur"]
+            calls[e["name"]] += 1
+    return [(k, v / 1e3 / steps, calls[k] // steps) for k, v in total.most_common()]
+
+
+def _op_lines(hlo: str) -> dict[str, str]:
+    """HLO instruction name -> its line, for the top-level ops the trace names."""
+    out = {}
+    for line in hlo.splitlines():
+        m = re.match(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=", line)
+        if m:
+            out.setdefault(m.group(1), line.strip())
+    return out
+
+
+def main(argv=None) -> list[tuple[str, float, int]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="/tmp/peer_bench/data/criteo_like", help="PREFIX of PREFIX_{train,test}.npz")
+    ap.add_argument("--model", default="autoint")
+    ap.add_argument("--kind", choices=("single", "mlet"), default="single")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--inner-dim", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--hlo", action="store_true", help="print each top op's HLO instruction")
+    ap.add_argument("--smoke", action="store_true", help="tiny generated arrays (tests)")
+    args = ap.parse_args(argv)
+
+    import jax
+    import numpy as np
+
+    from experiments.bench_vs_deepctr import write_tiny_arrays
+    from mlet_jax.data import load_dataset
+    from mlet_jax.embeddings import EmbeddingSpec
+    from mlet_jax.models import build_model
+    from mlet_jax.optim import OptimizerSpec
+    from mlet_jax.training import TrainConfig, Trainer
+
+    work = tempfile.mkdtemp(prefix="mlet_profile_")
+    try:
+        data = write_tiny_arrays(os.path.join(work, "tiny")) if args.smoke else args.data
+        ds = load_dataset("arrays", data)
+        if args.kind == "single":
+            spec = EmbeddingSpec(kind="single", dim=args.dim, table_init="normal", table_std=1e-4)
+        else:
+            spec = EmbeddingSpec(kind="mlet", dim=args.dim, inner_dim=args.inner_dim, table_init="uniform",
+                                 projection_std=0.5)
+        trainer = Trainer(build_model(args.model, ds.schema, spec),
+                          TrainConfig(optimizer=OptimizerSpec("adagrad", 0.02), loss_reduction="sum"))
+        b = args.batch
+        batches = [{"dense": np.asarray(ds.train.dense[i * b:(i + 1) * b]), "ids": np.asarray(ds.train.ids[i * b:(i + 1) * b]),
+                    "label": np.asarray(ds.train.label[i * b:(i + 1) * b])} for i in range(2)]
+        state = trainer.init(0, batches[0])
+        step = trainer.train_step
+        compiled = step.lower(state, batches[0]).compile()
+        for i in range(3):  # compile and warm up
+            state, m = step(state, batches[i % 2])
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            state, m = step(state, batches[i % 2])
+        jax.block_until_ready(state)
+        wall = (time.perf_counter() - t0) / args.steps
+        trace = os.path.join(work, "trace")
+        with jax.profiler.trace(trace):
+            for i in range(args.steps):
+                state, m = step(state, batches[i % 2])
+            jax.block_until_ready(state)
+        rows = aggregate(trace, args.steps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    ops = _op_lines(compiled.as_text())
+    print(f"{args.model} {args.kind} batch {b}: {wall * 1e3:.1f} ms/step unprofiled "
+          f"({b / wall:,.0f} samples/s), {float(cost.get('flops', float('nan'))) / 1e9:.2f} GFLOP/step")
+    skip = ("ThunkExecutor", "block_until_ready", "$", "PjitFunction", "XlaModule", "Thunk")
+    shown = [r for r in rows if not r[0].startswith(skip) and r[0] not in ("trace",)][: args.top]
+    for name, ms, n in shown:
+        print(f"{ms:8.2f} ms {n:3d}x  {name}")
+        if args.hlo and name in ops:
+            print(f"             {ops[name][:300]}")
+    return shown
+
+
+if __name__ == "__main__":
+    main()
