@@ -86,8 +86,8 @@ def main(argv=None) -> list[tuple[str, float, int]]:
         trainer = Trainer(build_model(args.model, ds.schema, spec),
                           TrainConfig(optimizer=OptimizerSpec("adagrad", 0.02), loss_reduction="sum"))
         b = args.batch
-        batches = [{"dense": np.asarray(ds.train.dense[i * b:(i + 1) * b]), "ids": np.asarray(ds.train.ids[i * b:(i + 1) * b]),
-                    "label": np.asarray(ds.train.label[i * b:(i + 1) * b])} for i in range(2)]
+        batches = [{k: np.asarray(getattr(ds.train, k)[i * b:(i + 1) * b]) for k in ("dense", "ids", "label")}
+                   for i in range(2)]
         state = trainer.init(0, batches[0])
         step = trainer.train_step
         compiled = step.lower(state, batches[0]).compile()
