@@ -129,6 +129,9 @@ class Trainer:
             rs = RowSparse(self.config.tables)
             opt_state = self._dense_tx().init(rest)
             table_state = {"/".join(k): rs.init(v) for k, v in tables.items()}
+            n_rows = int(sum(_embedding_module(self.model).vocab_sizes))
+            if n_rows <= _SCATTER_DEDUP_MAX_ROWS:
+                table_state[_DEDUP_KEY] = jnp.zeros((n_rows,), jnp.int32)
         else:
             opt_state = self._dense_tx().init(params)
             table_state = None
@@ -164,7 +167,10 @@ class Trainer:
         tables, rest = split_tables(state.params)
         emb = _embedding_module(self.model)
         rows_BxS = emb.row_ids(jnp.asarray(batch["ids"]))
-        uniq_U, inv_BxS = _dedup_rows(rows_BxS, int(sum(emb.vocab_sizes)))
+        table_state = dict(state.table_state)
+        uniq_U, inv_BxS, scratch_N = _dedup_rows(rows_BxS, int(sum(emb.vocab_sizes)), table_state.get(_DEDUP_KEY))
+        if scratch_N is not None:
+            table_state[_DEDUP_KEY] = scratch_N
         gathered = {k: v.at[uniq_U].get(mode="promise_in_bounds") for k, v in tables.items()}
 
         def loss_fn(rest_p, rows_p):
@@ -175,7 +181,6 @@ class Trainer:
         updates, opt_state = self._dense_tx().update(g_rest, state.opt_state, rest)
         rest = optax.apply_updates(rest, updates)
         rs = RowSparse(self.config.tables)
-        table_state = dict(state.table_state)
         for k, t in tables.items():
             name = "/".join(k)
             tables[k], table_state[name] = rs.update(t, table_state[name], uniq_U, g_rows[k])
@@ -238,37 +243,46 @@ def _jit_train_step(trainer: Trainer):
 # Below this many table rows the row-sparse step finds each batch row's first occurrence through a table-sized
 # int32 scratch array (fill + scatter-min + gather, all O(B S) or one memset); above it, through a sort.
 _SCATTER_DEDUP_MAX_ROWS = 1 << 23
+# The row-sparse state's dedup scratch (see _dedup_rows); the "/table" suffix shards it by rows like the tables.
+_DEDUP_KEY = "row_dedup/table"
 
 
-def _dedup_rows(rows_BxS: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
-    """Slots for the row-sparse step: ``(rows_U, slot_BxS)`` with ``U = B S``, slot-major.
+def _dedup_rows(rows_BxS: jax.Array, n_rows: int, scratch_N: jax.Array | None = None):
+    """Slots for the row-sparse step: ``(rows_U, slot_BxS, scratch_N)`` with ``U = B S``, slot-major.
 
     Slot ``s B + b`` holds the row of occurrence ``(b, s)`` (``rows_U = rows_BxS.T.reshape(-1)``, padding as row 0),
     so slot ``u`` belongs to id slot ``u // B`` and hence to one field: an MLET table can project the gathered slots
     before the per-occurrence lookup (:class:`mlet_jax.embeddings.Embeddings`). ``slot_BxS`` (-1 for padding)
-    points every occurrence at the first slot holding its row, so gradients of repeated ids sum into that slot; the
-    other slots repeat a row with a zero gradient, which :class:`mlet_jax.optim.RowSparse` adds as nothing.
+    points every occurrence at one slot holding its row, the same for all occurrences of a row, so gradients of
+    repeated ids sum into that slot; the other slots repeat a row with a zero gradient, which
+    :class:`mlet_jax.optim.RowSparse` adds as nothing.
 
-    XLA's CPU sort (``jnp.unique``) cost a sixth of a DeepFM step at batch 1024 (26,624 ids); for tables up to
-    ``_SCATTER_DEDUP_MAX_ROWS`` rows each occurrence instead finds its row's first slot by a scatter-min of slot
-    numbers into a table-sized scratch array. Above it, ``jnp.unique`` groups equal rows and a ``U``-sized
-    scatter-min finds each group's first slot.
+    XLA's CPU sort (``jnp.unique``) cost a sixth of a DeepFM step at batch 1024 (26,624 ids). For tables up to
+    ``_SCATTER_DEDUP_MAX_ROWS`` rows every occurrence instead writes its slot number into a table-sized int32
+    ``scratch_N`` at its row and reads back whichever slot landed there (any one occurrence's: all of them hold the
+    row). Only the batch's rows are written and read, so the scratch never needs clearing: the train state carries
+    it from step to step (donated, updated in place), and ``scratch_N=None`` starts from zeros. Above the limit,
+    ``jnp.unique`` groups equal rows and a ``U``-sized scatter-min picks each group's first slot; ``scratch_N`` is
+    then returned as ``None``.
     """
     flat = rows_BxS.T.reshape(-1)
     valid = flat >= 0
     safe = jnp.where(valid, flat, 0)
     occ = jnp.arange(flat.size, dtype=jnp.int32)
-    occ_valid = jnp.where(valid, occ, flat.size)
     if n_rows > _SCATTER_DEDUP_MAX_ROWS:
         _, group = jnp.unique(safe, size=flat.size, fill_value=0, return_inverse=True)
         group = group.reshape(-1)
-        first_G = jnp.full((flat.size,), flat.size, jnp.int32).at[group].min(occ_valid, mode="promise_in_bounds")
-        slot = first_G.at[group].get(mode="promise_in_bounds")
+        first_G = jnp.full((flat.size,), flat.size, jnp.int32).at[group].min(jnp.where(valid, occ, flat.size),
+                                                                            mode="promise_in_bounds")
+        slot, scratch_N = first_G.at[group].get(mode="promise_in_bounds"), None
     else:
-        first_N = jnp.full((n_rows,), flat.size, jnp.int32).at[safe].min(occ_valid, mode="promise_in_bounds")
-        slot = first_N.at[safe].get(mode="promise_in_bounds")
+        if scratch_N is None:
+            scratch_N = jnp.zeros((n_rows,), jnp.int32)
+        # padding writes nowhere (index n_rows is dropped): its slot must not stand for row 0 of field 0
+        scratch_N = scratch_N.at[jnp.where(valid, flat, n_rows)].set(occ, mode="drop")
+        slot = scratch_N.at[safe].get(mode="promise_in_bounds")
     slot_BxS = jnp.where(valid, slot, -1).reshape(rows_BxS.shape[::-1]).T
-    return safe, slot_BxS
+    return safe, slot_BxS, scratch_N
 
 
 def _embedding_module(model):
