@@ -75,7 +75,7 @@ def run_deepctr(args, model: str, batch: int) -> dict:
     cmd = [args.deepctr_python, os.path.join(args.peer_dir, "bench_deepctr.py"), "--data", args.data, "--models", model,
            "--batch-sizes", str(batch), "--embedding-dim", str(args.dim), "--lr", str(args.lr),
            "--threads", str(args.threads), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-           "--model-kwargs", json.dumps(kwargs)]
+           "--seed", str(args.seed), "--model-kwargs", json.dumps(kwargs)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"bench_deepctr.py failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -150,13 +150,33 @@ def _ratio(a: float, b: float, digits: int) -> str:
     return "-" if a != a or b != b else f"{a / b:.{digits}f}x"
 
 
+def _mean_sd(rs: list[dict], key: str) -> str:
+    """``mean`` of one run, ``mean +- sd`` (sample sd) of several, ``-`` of none."""
+    if not rs:
+        return "-"
+    x = np.array([r[key] for r in rs], float)
+    return f"{x.mean():.4f}" if len(x) == 1 else f"{x.mean():.4f} +- {x.std(ddof=1):.4f}"
+
+
+def _gap(a: list[dict], b: list[dict], key: str = "test_auc") -> str:
+    """Mean of ``a - b`` over the seeds both ran, with its standard error when there are several."""
+    bs = {r["seed"]: r[key] for r in b}
+    diff = np.array([r[key] - bs[r["seed"]] for r in a if r["seed"] in bs], float)
+    if not len(diff):
+        return "-"
+    if len(diff) == 1:
+        return f"{diff[0]:+.4f} (1 seed)"
+    return f"{diff.mean():+.4f} +- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} ({len(diff)} seeds)"
+
+
 def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
     """The per (model, batch) table of medians over repeats; ``ceil`` from :func:`run_ceilings` (may be empty)."""
     gflops = ceil.get("numpy_matmul_fp32_gflops")
     lines = ["| model | batch | DeepCTR-Torch samples/s | mlet_jax single samples/s | ratio | "
              f"mlet_jax MLET k={inner_dim} samples/s | MLET slowdown | AUC DeepCTR / single / MLET | "
-             "LogLoss DeepCTR / single / MLET | single: GFLOP/step, % of matmul ceiling |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "AUC single - DeepCTR (paired by seed) | LogLoss DeepCTR / single / MLET | "
+             "single: GFLOP/step, % of matmul ceiling |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda k: (list(MODEL_NAMES).index(k[0]), k[1]))
     for model, batch in keys:
         here = [r for r in rows if r["model"] == model and r["batch_size"] == batch]
@@ -168,10 +188,10 @@ def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
         if s and gflops:
             gf = _med(s, "step_flops") / 1e9
             floor = f"{gf:.2f}, {100 * gf * ss / batch / gflops:.0f}%"
-        auc = " / ".join("-" if not rs else f"{_med(rs, 'test_auc'):.4f}" for rs in (d, s, m))
-        ll = " / ".join("-" if not rs else f"{_med(rs, 'test_logloss'):.4f}" for rs in (d, s, m))
+        auc = " / ".join(_mean_sd(rs, "test_auc") for rs in (d, s, m))
+        ll = " / ".join(_mean_sd(rs, "test_logloss") for rs in (d, s, m))
         lines.append(f"| {model} | {batch} | {_num(ds_)} | {_num(ss)} | {_ratio(ss, ds_, 1)} | {_num(ms)} | "
-                     f"{_ratio(ss, ms, 2)} | {auc} | {ll} | {floor} |")
+                     f"{_ratio(ss, ms, 2)} | {auc} | {_gap(s, d)} | {ll} | {floor} |")
     return "\n".join(lines)
 
 
@@ -223,8 +243,8 @@ def main(argv=None) -> list[dict]:
     if ceil:
         print(json.dumps({"ceilings": ceil}), flush=True)
 
-    def emit(rec):
-        rec.update(host=platform.node(), cpu_count=os.cpu_count(), data=args.data, seed=args.seed,
+    def emit(rec, seed):
+        rec.update(host=platform.node(), cpu_count=os.cpu_count(), data=args.data, seed=seed,
                    deepctr_l2=args.deepctr_l2)
         rows.append(rec)
         line = json.dumps(rec)
@@ -249,14 +269,12 @@ def main(argv=None) -> list[dict]:
                 jobs += [("mlet_jax", k.strip()) for k in args.kinds.split(",") if k.strip()]
                 if rep % 2:  # alternate who goes first
                     jobs.reverse()
+                # repeat r runs both libraries with seed + r (init and data order), so AUC gaps get a spread
+                a = argparse.Namespace(**{**vars(args), "n_train": n_tr, "seed": args.seed + rep})
                 for lib, kind in jobs:
-                    if lib == "deepctr":
-                        a = argparse.Namespace(**{**vars(args), "n_train": n_tr})
-                        rec = run_deepctr(a, model, batch)
-                    else:
-                        rec = run_mlet_jax(args, ds, model, batch, kind)
+                    rec = run_deepctr(a, model, batch) if lib == "deepctr" else run_mlet_jax(a, ds, model, batch, kind)
                     rec["rep"] = rep
-                    emit(rec)
+                    emit(rec, a.seed)
     table = markdown(rows, ceil, args.inner_dim)
     print(table)
     if args.md:

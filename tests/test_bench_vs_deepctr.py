@@ -42,7 +42,7 @@ def test_tiny_arrays_match_the_peer_bench_format(tmp_path):
 
 
 def test_markdown_ratios_and_floor():
-    base = {"batch_size": 1024, "test_auc": 0.75, "test_logloss": 0.48}
+    base = {"batch_size": 1024, "test_auc": 0.75, "test_logloss": 0.48, "seed": 1}
     rows = [dict(base, lib="deepctr-torch", model="DCN", steady_sps=10_000.0),
             dict(base, lib="mlet_jax", kind="single", model="DCN", steady_sps=60_000.0, step_flops=2e9),
             dict(base, lib="mlet_jax", kind="mlet", model="DCN", steady_sps=50_000.0, step_flops=2.1e9)]
@@ -50,3 +50,18 @@ def test_markdown_ratios_and_floor():
     line = table.splitlines()[-1]
     # 60k samples/s at 2 GFLOP per 1024-row step = 117 GFLOP/s, 59% of 200.
     assert "| DCN | 1024 | 10,000 | 60,000 | 6.0x | 50,000 | 1.20x |" in line and "2.00, 59%" in line
+    assert "| +0.0000 (1 seed) |" in line
+
+
+def test_markdown_pairs_auc_gaps_by_seed():
+    rows = []
+    for seed, (a_d, a_s) in enumerate([(0.750, 0.748), (0.752, 0.753), (0.746, 0.742)]):
+        base = {"batch_size": 1024, "test_logloss": 0.48, "seed": seed, "model": "DCN", "step_flops": 1e9}
+        rows += [dict(base, lib="deepctr-torch", steady_sps=1.0, test_auc=a_d),
+                 dict(base, lib="mlet_jax", kind="single", steady_sps=5.0, test_auc=a_s)]
+    line = _bench().markdown(rows, {}).splitlines()[-1]
+    gaps = np.array([-0.002, 0.001, -0.004])  # paired differences; numpy float64 mean and standard error
+    want = f"{gaps.mean():+.4f} +- {gaps.std(ddof=1) / np.sqrt(3):.4f} (3 seeds)"
+    assert want == "-0.0017 +- 0.0015 (3 seeds)" and want in line
+    aucs = np.array([0.750, 0.752, 0.746])
+    assert f"{aucs.mean():.4f} +- {aucs.std(ddof=1):.4f} / " in line
