@@ -83,6 +83,15 @@ def test_early_stopping_returns_best(ds):
         fit(tr, ds.train, early_stopping_patience=1, progress=False)
 
 
+def test_fit_compiles_the_train_step_once(ds):
+    # Two epochs, validation in between: one compiled step (same shapes and dtypes every batch, no retrace).
+    tr = Trainer(small_dlrm(ds, "mlet", d=3), TrainConfig(OptimizerSpec("adagrad", 0.02)))
+    assert tr.train_step._cache_size() == 0
+    state, h = fit(tr, ds.train.take(slice(0, 640)), batch_size=64, epochs=2, seed=1, valid=ds.valid, progress=False)
+    assert int(state.step) == 20 and len(h.evals) == 2
+    assert tr.train_step._cache_size() == 1
+
+
 def test_nan_loss_stops_with_step(ds):
     tr = Trainer(small_dlrm(ds, "single"), TrainConfig(OptimizerSpec("sgd", 0.2)))
     bad = ds.train.take(slice(0, 2048))
