@@ -63,5 +63,5 @@ class DeepCTRModel(nn.Module):
 
     def deep(self, x_BxN: jax.Array, train: bool) -> jax.Array:
         """DeepCTR's DNN: ReLU after every layer (dropout after each when training)."""
-        return MLP(self.dnn, init="normal", dropout=self.dnn_dropout, param_dtype=self.param_dtype,
+        return MLP(self.dnn, weight_init="normal", dropout=self.dnn_dropout, param_dtype=self.param_dtype,
                    name="dnn")(x_BxN, train=train)

@@ -49,11 +49,11 @@ class DLRM(nn.Module):
         vecs = emb_BxFxD
         parts = []
         if self.num_dense:
-            x_BxD = MLP((*self.bottom_mlp, self.embedding.dim), init="dlrm", param_dtype=self.param_dtype,
+            x_BxD = MLP((*self.bottom_mlp, self.embedding.dim), weight_init="dlrm", param_dtype=self.param_dtype,
                         name="bottom_mlp")(dense_BxD.astype(self.param_dtype))
             vecs = jnp.concatenate([x_BxD[:, None, :], emb_BxFxD], axis=1)
             parts.append(x_BxD)
         parts.append(dot_interaction(vecs))
-        top = MLP((*self.top_mlp, 1), activate_last=False, init="dlrm", param_dtype=self.param_dtype,
+        top = MLP((*self.top_mlp, 1), activate_last=False, weight_init="dlrm", param_dtype=self.param_dtype,
                   name="top_mlp")(jnp.concatenate(parts, axis=1))
         return top[:, 0]

@@ -37,7 +37,7 @@ class MLP(nn.Module):
     Attributes:
         features: widths of the layers.
         activate_last: apply the activation after the last layer (DLRM's bottom MLP does; a logit head does not).
-        init: ``"dlrm"`` (the DLRM reference: weights N(0, sqrt(2 / (fan_in + fan_out))), biases
+        weight_init: ``"dlrm"`` (the DLRM reference: weights N(0, sqrt(2 / (fan_in + fan_out))), biases
             N(0, sqrt(1 / fan_out))), ``"torch"`` (``nn.Linear``'s default U(+-1/sqrt(fan_in)) for both) or
             ``"normal"`` (DeepCTR-Torch's DNN: weights N(0, 1e-4), torch default biases).
         dropout: dropout rate between layers (0 disables it).
@@ -45,16 +45,18 @@ class MLP(nn.Module):
 
     features: Sequence[int]
     activate_last: bool = True
-    init: str = "torch"
+    weight_init: str = "torch"  # not "init": a field of that name would shadow Module.init
     dropout: float = 0.0
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
+        if self.weight_init not in ("dlrm", "torch", "normal"):
+            raise ValueError(f"MLP weight_init must be 'dlrm', 'torch' or 'normal', got {self.weight_init!r}")
         for i, width in enumerate(self.features):
-            if self.init == "dlrm":
+            if self.weight_init == "dlrm":
                 kinit, binit = dlrm_dense_init, dlrm_bias_init(x.shape[-1])
-            elif self.init == "normal":  # DeepCTR-Torch DNN: weights N(0, 1e-4), torch default bias
+            elif self.weight_init == "normal":  # DeepCTR-Torch DNN: weights N(0, 1e-4), torch default bias
                 kinit = nn.initializers.normal(1e-4)
                 binit = _torch_bias_init(x.shape[-1])
             else:
@@ -91,7 +93,7 @@ def dot_interaction(t_BxNxD: jax.Array) -> jax.Array:
 
 
 # -- DeepCTR-Torch blocks ----------------------------------------------------------------------------------------
-# Initializers follow DeepCTR-Torch 0.2.x: DNN weights N(0, 1e-4) (MLP init="normal"), output heads torch default
+# Initializers follow DeepCTR-Torch 0.2.x: DNN weights N(0, 1e-4) (MLP weight_init="normal"), output heads torch default
 # U(+-1/sqrt(fan_in)) without bias, cross kernels Glorot normal with zero biases, CIN 1x1 convolutions torch default,
 # attention matrices N(0, 0.05), first-order weights N(0, 1e-4), one zero-initialized output bias.
 
