@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from typing import Any
 
 ADAGRAD_MODELS = ("dcn", "deepfm", "nfm", "autoint", "xdeepfm", "wdl")
@@ -111,6 +112,26 @@ def load(plan: Plan):
     return _CACHE[tag]
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (experiments run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str) -> None:
+    """Lay out, write (creating the folder) at 90 dpi, and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="results folder (runs.jsonl, tables, figures)")
     p.add_argument("--quick", action="store_true", help="the small synthetic plan (minutes on a CPU)")
@@ -135,6 +156,18 @@ def plan_from_args(args) -> Plan:
             pass
         opts.append((k.replace("-", "_"), v))
     return paper_plan(args.dataset, args.data_dir, tuple(opts))
+
+
+def parse_plan_cli(doc: str, argv=None) -> tuple[argparse.Namespace, Plan, dict]:
+    """Every experiment's command line: ``(args, plan, run_kwargs)`` with ``run_kwargs = {"shard", "train"}``.
+
+    ``doc`` is the module docstring (its first line becomes the description); call ``run(plan, args.out,
+    **run_kwargs)``.
+    """
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    add_plan_args(p)
+    a = p.parse_args(argv)
+    return a, plan_from_args(a), {"shard": shard_from_args(a), "train": not a.analyze_only}
 
 
 def shard_from_args(args) -> tuple[int, int]:

@@ -20,7 +20,6 @@ quality per byte.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -124,10 +123,9 @@ def size_points(rows: list[dict], plan) -> list[dict]:
 
 
 def plot(points: list[dict], model: str, path: str) -> None:
-    import matplotlib
+    from experiments.common import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     series = sorted({(p["embedding"], p["hashed"], p["precision"]) for p in points if p["model"] == model})
@@ -144,9 +142,7 @@ def plot(points: list[dict], model: str, path: str) -> None:
     ax.set_title(f"{model}: MLET with hashing and INT8")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
@@ -182,12 +178,10 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
 
 
 def main(argv=None):
-    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+    from experiments.common import parse_plan_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_plan_args(p)
-    a = p.parse_args(argv)
-    run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only)
+    a, plan, kw = parse_plan_cli(__doc__, argv)
+    run(plan, a.out, **kw)
     print(open(os.path.join(a.out, "compression.md")).read())
 
 

@@ -16,7 +16,6 @@ the standard error is ``std(differences, ddof=1) / sqrt(seeds)``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -100,12 +99,10 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[
 
 
 def main(argv=None):
-    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+    from experiments.common import parse_plan_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_plan_args(p)
-    a = p.parse_args(argv)
-    print(markdown(run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only)))
+    a, plan, kw = parse_plan_cli(__doc__, argv)
+    print(markdown(run(plan, a.out, **kw)))
 
 
 if __name__ == "__main__":

@@ -9,17 +9,15 @@ Expected runtime: seconds after ``experiments.sweep`` (missing sweep runs are tr
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 
 def plot_model(summary: list[dict], model: str, path: str, title: str = "") -> None:
     """Two panels (AUC, LogLoss vs d, log2 axis) with mean +- std error bars."""
-    import matplotlib
+    from experiments.common import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     entries = [e for e in summary if e["model"] == model]
     ks = sorted({e["k"] for e in entries}, key=lambda k: -1 if k is None else k)
@@ -37,10 +35,7 @@ def plot_model(summary: list[dict], model: str, path: str, title: str = "") -> N
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title or model)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[str]:
@@ -57,12 +52,10 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[
 
 
 def main(argv=None):
-    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+    from experiments.common import parse_plan_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_plan_args(p)
-    a = p.parse_args(argv)
-    print("\n".join(run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only)))
+    a, plan, kw = parse_plan_cli(__doc__, argv)
+    print("\n".join(run(plan, a.out, **kw)))
 
 
 if __name__ == "__main__":

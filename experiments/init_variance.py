@@ -11,7 +11,6 @@ recorded as such). The std's role is also a learning-rate role: see ``experiment
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -65,10 +64,9 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
 
 
 def plot(t, ref, path, plan) -> None:
-    import matplotlib
+    from experiments.common import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for m in plan.init_models:
@@ -83,18 +81,14 @@ def plot(t, ref, path, plan) -> None:
     ax.set_title(f"init std scan (d={plan.init_d})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
-    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+    from experiments.common import parse_plan_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_plan_args(p)
-    a = p.parse_args(argv)
-    print(run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only))
+    a, plan, kw = parse_plan_cli(__doc__, argv)
+    print(run(plan, a.out, **kw))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ figure and a computed verdict per paper claim. All runs are rows of ``OUT/runs.j
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -48,12 +47,10 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print, quick: b
 
 
 def main(argv=None):
-    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+    from experiments.common import parse_plan_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_plan_args(p)
-    a = p.parse_args(argv)
-    t = run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only, quick=a.quick)
+    a, plan, kw = parse_plan_cli(__doc__, argv)
+    t = run(plan, a.out, **kw, quick=a.quick)
     print(json.dumps(t))
 
 

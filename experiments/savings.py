@@ -12,7 +12,6 @@ no allowance for noise, so read it with the std columns of ``sweep.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -80,12 +79,10 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
 
 
 def main(argv=None):
-    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+    from experiments.common import parse_plan_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_plan_args(p)
-    a = p.parse_args(argv)
-    r = run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only)
+    a, plan, kw = parse_plan_cli(__doc__, argv)
+    r = run(plan, a.out, **kw)
     print(markdown(r["entries"], r["headline"]))
 
 

@@ -16,7 +16,6 @@ rows already there (resumable), and several processes may append to the same fil
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -262,12 +261,10 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print, write: b
 
 
 def main(argv=None):
-    from experiments.common import add_plan_args, plan_from_args, shard_from_args
+    from experiments.common import parse_plan_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_plan_args(p)
-    a = p.parse_args(argv)
-    rows = run(plan_from_args(a), a.out, shard=shard_from_args(a), train=not a.analyze_only)
+    a, plan, kw = parse_plan_cli(__doc__, argv)
+    rows = run(plan, a.out, **kw)
     print(markdown(summarize(rows)))
 
 
