@@ -4,6 +4,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Silent rank broadcasting hides shape bugs (equinox's conftest does the same).
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -12,3 +13,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def pytest_collection_finish(session):
     # A test module that flips x64 globally at import would silently run every other test in float64.
     assert not jax.config.jax_enable_x64, "a test module enabled jax_enable_x64 globally; use jax.enable_x64()"
+
+
+@pytest.fixture
+def float64():
+    """x64 for one test (modules opt in with ``pytestmark = pytest.mark.usefixtures("float64")``): a global config
+    update at import would switch the whole session to x64."""
+    with jax.enable_x64(True):
+        yield

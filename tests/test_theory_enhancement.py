@@ -1,6 +1,5 @@
 """theory.enhancement: measured enhancement factors of real optimizer steps, against numpy transcriptions."""
 
-import jax
 import numpy as np
 import optax
 import pytest
@@ -15,12 +14,7 @@ from theory.enhancement import (
     two_layer_step,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    # float64 for this module only: a global config update at import would switch the whole session to x64
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")  # conftest: x64 for this module's tests only
 
 
 def case(d, k, n, seed, b=3):

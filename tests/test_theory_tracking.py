@@ -12,12 +12,7 @@ from theory import checks
 from theory.params import field_matrix, field_rows, find_embedding, from_params
 from theory.tracking import SpectrumTracker, field_spectrum, spectrum_record, track_saved
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    # float64 for this module only: a global config update at import would switch the whole session to x64
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")  # conftest: x64 for this module's tests only
 
 
 def mlet_params(vocab, k, d, seed=0):

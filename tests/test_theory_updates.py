@@ -17,12 +17,7 @@ from theory import (
 )
 from theory.updates import second_order_term
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    # float64 for this module only: a global config update at import would switch the whole session to x64
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("float64")  # conftest: x64 for this module's tests only
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
