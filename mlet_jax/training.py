@@ -168,7 +168,7 @@ class Trainer:
         emb = _embedding_module(self.model)
         rows_BxS = emb.row_ids(jnp.asarray(batch["ids"]))
         table_state = dict(state.table_state)
-        uniq_U, inv_BxS, scratch_N = _dedup_rows(rows_BxS, int(sum(emb.vocab_sizes)), table_state.get(_DEDUP_KEY))
+        uniq_U, inv_BxS, scratch_N = _dedup_rows(rows_BxS, table_state.get(_DEDUP_KEY))
         if scratch_N is not None:
             table_state[_DEDUP_KEY] = scratch_N
         gathered = {k: v.at[uniq_U].get(mode="promise_in_bounds") for k, v in tables.items()}
@@ -240,14 +240,14 @@ def _jit_train_step(trainer: Trainer):
     return _STEP_CACHE[key]
 
 
-# Below this many table rows the row-sparse step finds each batch row's first occurrence through a table-sized
-# int32 scratch array (fill + scatter-min + gather, all O(B S) or one memset); above it, through a sort.
+# Up to this many table rows the row-sparse state carries a table-sized int32 dedup scratch (Trainer.init), and the
+# step finds each batch row's slot by a scatter and a gather of O(B S) entries; above it, through a sort.
 _SCATTER_DEDUP_MAX_ROWS = 1 << 23
 # The row-sparse state's dedup scratch (see _dedup_rows); the "/table" suffix shards it by rows like the tables.
 _DEDUP_KEY = "row_dedup/table"
 
 
-def _dedup_rows(rows_BxS: jax.Array, n_rows: int, scratch_N: jax.Array | None = None):
+def _dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):
     """Slots for the row-sparse step: ``(rows_U, slot_BxS, scratch_N)`` with ``U = B S``, slot-major.
 
     Slot ``s B + b`` holds the row of occurrence ``(b, s)`` (``rows_U = rows_BxS.T.reshape(-1)``, padding as row 0),
@@ -257,11 +257,11 @@ def _dedup_rows(rows_BxS: jax.Array, n_rows: int, scratch_N: jax.Array | None = 
     repeated ids sum into that slot; the other slots repeat a row with a zero gradient, which
     :class:`mlet_jax.optim.RowSparse` adds as nothing.
 
-    XLA's CPU sort (``jnp.unique``) cost a sixth of a DeepFM step at batch 1024 (26,624 ids). For tables up to
-    ``_SCATTER_DEDUP_MAX_ROWS`` rows every occurrence instead writes its slot number into a table-sized int32
-    ``scratch_N`` at its row and reads back whichever slot landed there (any one occurrence's: all of them hold the
-    row). Only the batch's rows are written and read, so the scratch never needs clearing: the train state carries
-    it from step to step (donated, updated in place), and ``scratch_N=None`` starts from zeros. Above the limit,
+    XLA's CPU sort (``jnp.unique``) cost a sixth of a DeepFM step at batch 1024 (26,624 ids). Given a table-sized
+    int32 ``scratch_N`` (the train state holds one for tables up to ``_SCATTER_DEDUP_MAX_ROWS`` rows), every
+    occurrence instead writes its slot number into it at its row and reads back whichever slot landed there (any
+    one occurrence's: all of them hold the row). Only the batch's rows are written and read, so the scratch never
+    needs clearing: the state carries it from step to step (donated, updated in place). Without one,
     ``jnp.unique`` groups equal rows and a ``U``-sized scatter-min picks each group's first slot; ``scratch_N`` is
     then returned as ``None``.
     """
@@ -269,17 +269,15 @@ def _dedup_rows(rows_BxS: jax.Array, n_rows: int, scratch_N: jax.Array | None = 
     valid = flat >= 0
     safe = jnp.where(valid, flat, 0)
     occ = jnp.arange(flat.size, dtype=jnp.int32)
-    if n_rows > _SCATTER_DEDUP_MAX_ROWS:
+    if scratch_N is None:
         _, group = jnp.unique(safe, size=flat.size, fill_value=0, return_inverse=True)
         group = group.reshape(-1)
         first_G = jnp.full((flat.size,), flat.size, jnp.int32).at[group].min(jnp.where(valid, occ, flat.size),
                                                                             mode="promise_in_bounds")
-        slot, scratch_N = first_G.at[group].get(mode="promise_in_bounds"), None
+        slot = first_G.at[group].get(mode="promise_in_bounds")
     else:
-        if scratch_N is None:
-            scratch_N = jnp.zeros((n_rows,), jnp.int32)
-        # padding writes nowhere (index n_rows is dropped): its slot must not stand for row 0 of field 0
-        scratch_N = scratch_N.at[jnp.where(valid, flat, n_rows)].set(occ, mode="drop")
+        # padding writes nowhere (an out-of-range index is dropped): its slot must not stand for row 0 of field 0
+        scratch_N = scratch_N.at[jnp.where(valid, flat, scratch_N.shape[0])].set(occ, mode="drop")
         slot = scratch_N.at[safe].get(mode="promise_in_bounds")
     slot_BxS = jnp.where(valid, slot, -1).reshape(rows_BxS.shape[::-1]).T
     return safe, slot_BxS, scratch_N
