@@ -39,17 +39,18 @@ def load(path, tmp_path, **kw):
 def test_fields_hour_weekday_and_dense_option(tmp_path):
     lines = avazu_lines(50)
     lines[0] = lines[0].split(",")[0] + ",1,14102123," + ",".join(lines[0].split(",")[3:])
-    ds = load(write(tmp_path / "train", lines), tmp_path, test_fraction=0.0)
+    ds = load(write(tmp_path / "train", lines), tmp_path)
     ds.validate()
     s = ds.schema
     assert s.field_names[:2] == ("hour_of_day", "weekday") and s.field_names[2] == "C1" and "id" not in s.field_names
     assert s.num_fields == 2 + 21 and s.num_dense == 0
-    assert len(ds.train) == 50
-    dense = load(write(tmp_path / "train", lines), tmp_path / "d", hour_dense=True, test_fraction=0.0)
+    assert (len(ds.train), len(ds.test)) == (45, 5)
+    dense = load(write(tmp_path / "train", lines), tmp_path / "d", hour_dense=True)
     assert dense.schema.dense_names == ("hour",)
-    assert dense.train.dense[0, 0] == pytest.approx(23 / 23)  # 2014-10-21 23h
     hours = np.array([int(ln.split(",")[2][-2:]) for ln in lines], np.float32)
-    np.testing.assert_allclose(dense.train.dense[:, 0], hours / 23)
+    assert hours[0] == 23  # 2014-10-21 23h
+    got = np.concatenate([dense.train.dense[:, 0], dense.test.dense[:, 0]])
+    np.testing.assert_allclose(np.sort(got), np.sort(hours / 23))
     # weekday: 2014-10-21 .. 29 are Tue..Wed; 9 distinct days -> 7 weekdays (+ OOV id 0)
     assert s.vocab_sizes[1] == 8
 

@@ -13,10 +13,11 @@ from mlet_jax.data import cache as cache_mod
 def criteo_lines(n, seed=0, vocab=6):
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
+    for i in range(n):
+        rng.random()  # was the label draw; labels now alternate so that every small split has both classes
         ints = [str(int(rng.integers(-3, 40))) if rng.random() > 0.25 else "" for _ in range(13)]
         cats = [f"{int(rng.integers(0, vocab)) * 0x1f3a5b7:08x}" if rng.random() > 0.15 else "" for _ in range(26)]
-        out.append("\t".join([str(int(rng.random() < 0.3))] + ints + cats))
+        out.append("\t".join([str(i % 2)] + ints + cats))
     return out
 
 
@@ -190,14 +191,17 @@ def test_interrupted_write_leaves_no_valid_cache(tmp_path, monkeypatch):
     assert cache_mod.read_meta(str(tmp_path / "cache"))["options"]["min_count"] == 1
     assert [p for p in os.listdir(tmp_path) if ".tmp-" in p] == []
     np.testing.assert_array_equal(load(path, tmp_path).train.ids, good.train.ids)
-    # a process killed mid-write leaves a temp directory: it never looks valid and the next build removes it
-    stale = tmp_path / "cache2.tmp-999999999-0"
-    stale.mkdir()
-    (stale / "train_ids.npy").write_bytes(b"partial")
+    # a process killed mid-write leaves a temp directory with its (no longer held) lock file: it never looks valid
+    # and the next build removes it; a folder of the same name without our lock file is not ours and stays
+    stale, other = tmp_path / "cache2.tmp-999999999-0", tmp_path / "cache2.tmp-999999998-0"
+    for d in (stale, other):
+        d.mkdir()
+        (d / "train_ids.npy").write_bytes(b"partial")
+    (stale / cache_mod.LOCK).write_text("999999999")
     assert cache_mod.read_meta(str(stale)) is None
     monkeypatch.setattr(cache_mod.CacheWriter, "commit", real_commit)
     load_dataset("criteo", path, cache_dir=str(tmp_path / "cache2"))
-    assert not stale.exists()
+    assert not stale.exists() and (other / "train_ids.npy").read_bytes() == b"partial"
 
 
 def test_cli_prepare(tmp_path, capsys):
@@ -210,4 +214,5 @@ def test_cli_prepare(tmp_path, capsys):
     ds = load_dataset("criteo", str(tmp_path / "out"))
     assert ds.meta["options"]["min_count"] == 2
     assert main(["prepare", "criteo", "--input", path, "--out", str(tmp_path / "o2"), "--zip-prefix", "2"]) == 2
-    assert "unknown option" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --zip-prefix: criteo does not take it" in err

@@ -45,19 +45,20 @@ def load(d, tmp_path, **kw):
 
 def test_100k_fields_bags_and_label(tmp_path):
     d = ml100k(tmp_path / "ml-100k")
-    ds = load(d, tmp_path, test_fraction=0.0)
+    ds = load(d, tmp_path, split="timestamp", test_fraction=0.1)  # timestamps rise: train is the first 36 lines
     ds.validate()
     s = ds.schema
     assert s.field_names == ("user", "item", "age", "gender", "occupation", "zip", "genres", "year")
     assert s.bag_sizes == (1, 1, 1, 1, 1, 1, 3, 1) and s.vocab_sizes[6] == 19 and s.num_dense == 0
-    ratings = np.loadtxt(tmp_path / "ml-100k" / "u.data", dtype=np.int64)
+    ratings = np.loadtxt(tmp_path / "ml-100k" / "u.data", dtype=np.int64)[:36]
+    assert len(ds.train) == 36
     np.testing.assert_array_equal(ds.train.label, (ratings[:, 2] >= 4).astype(np.float32))
     g = ds.train.ids[:, 6:9]
     expect = {1: [3, 4, 5], 2: [8, -1, -1], 3: [0, -1, -1]}  # Animation, Children's, Comedy / Drama / unknown
     for row, item in zip(g, ratings[:, 1], strict=True):
         assert list(row) == expect[item]
     assert ds.id_counts[6].sum() == (g >= 0).sum()
-    ds3 = load(d, tmp_path / "t3", test_fraction=0.0, label_threshold=3, genre_pooling="mean")
+    ds3 = load(d, tmp_path / "t3", split="timestamp", test_fraction=0.1, label_threshold=3, genre_pooling="mean")
     np.testing.assert_array_equal(ds3.train.label, (ratings[:, 2] >= 3).astype(np.float32))
     assert ds3.schema.bag_pooling == "mean"
     # the movie without a release date gets the missing year; the Canadian zip is a category like any other
@@ -89,11 +90,13 @@ def test_bad_inputs(tmp_path):
         load(ml100k(d, ratings=["1\t1\t5\t1", "1\t2\t5"]), tmp_path)
     with pytest.raises(DataFormatError, match=r"u.data, line 1, column 'item': item id 9 is not in u.item"):
         load(ml100k(d, ratings=["1\t9\t5\t1"]), tmp_path)
-    ok = load(ml100k(d, ratings=["1\t9\t5\t1", "1\t1\t5\t2"]), tmp_path, on_bad_row="skip", test_fraction=0)
-    assert ok.meta["skipped_rows"] == 1 and len(ok.train) == 1
+    good = ["1\t1\t5\t2", "2\t2\t1\t3", "1\t2\t5\t4", "2\t1\t2\t5"]
+    ok = load(ml100k(d, ratings=["1\t9\t5\t1", *good]), tmp_path, on_bad_row="skip", split="timestamp",
+              test_fraction=0.5)
+    assert ok.meta["skipped_rows"] == 1 and (len(ok.train), len(ok.test)) == (2, 2)
     with pytest.raises(DataFormatError, match=r"u.item, line 2: cannot decode"):
         load(ml100k(d), tmp_path, encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"unknown encoding 'klingon'"):
+    with pytest.raises(ValueError, match=r"encoding must be a text encoding .*, got 'klingon'"):
         load(ml100k(d), tmp_path, encoding="klingon")
     items = list(ITEMS_100K)
     items[1] = "2|Les Misérables (1995)|01-Jan-1995||http://x|" + "|".join("7" if i == 8 else "0" for i in range(19))

@@ -3,6 +3,10 @@
 Parses the raw files once into a cache directory of memory-mapped arrays (see :mod:`mlet_jax.data.cache`), with a
 progress bar; training then reads it with ``--dataset NAME --data-dir DIR``. Only the options given are passed on;
 an option the dataset does not take is an error.
+
+Exit status: 0 done; 2 a usage error (one line ``argument --NAME: accepted range, got VALUE``: options, a missing
+``--input``, an ``--out`` that is not new, empty or one of our caches, or that is, holds or lies inside an input);
+1 bad input data (one line naming file, line and column); 130 interrupted. Nothing is half-written either way.
 """
 
 from __future__ import annotations
@@ -10,17 +14,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 from mlet_jax.data.errors import DataFormatError
-from mlet_jax.data.registry import FILE_DATASETS, prepare
+from mlet_jax.data.options import OptionError
+from mlet_jax.data.registry import FILE_DATASETS, _module, prepare
+
+_FLAGS = {"data_dir": "--input", "out": "--out", "dataset": "dataset"}
 
 
 def _csv(s: str) -> list[str]:
     return [c for c in s.split(",") if c]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``prog: error: argument --x: ...``) with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m mlet_jax.data", description=__doc__.split("\n")[0])
+    ap = _Parser(prog="python -m mlet_jax.data", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="parse raw files into a cache directory")
     p.add_argument("dataset", choices=FILE_DATASETS)
@@ -49,19 +64,50 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=("auto", "csv", "parquet"), help="table")
     g.add_argument("--separator", help="table: CSV separator")
     g.add_argument("--log1p", action="store_const", const=True, help="table: log(1 + max(x, 0)) on numeric columns")
+    g.add_argument("--missing-values", type=_csv,
+                   help="table: comma-separated strings that mean missing besides the empty field (default: none)")
+    g.add_argument("--impute-nan", type=float, help="table: value that replaces a numeric NaN (default: NaN is an "
+                                                    "error)")
     return ap
 
 
+def _flag(option: str) -> str:
+    return _FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    sub = f"{ap.prog} prepare"
     skip = {"cmd", "dataset", "input", "out", "rebuild", "no_progress"}
     options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    takes = _module(args.dataset).DEFAULTS
+    for k in options:
+        if k not in takes:
+            who = [d for d in FILE_DATASETS if k in _module(d).DEFAULTS]
+            print(f"{sub}: error: argument {_flag(k)}: {args.dataset} does not take it (it is for "
+                  f"{', '.join(who)})", file=sys.stderr)
+            return 2
     try:
-        ds = prepare(args.dataset, args.input, args.out, progress=not args.no_progress, rebuild=args.rebuild,
-                     **options)
-    except (DataFormatError, FileNotFoundError, TypeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = prepare(args.dataset, args.input, args.out, progress=not args.no_progress, rebuild=args.rebuild,
+                         **options)
+    except OptionError as e:
+        msg = e.message.removeprefix(e.option + " ")
+        print(f"{sub}: error: argument {_flag(e.option)}: {msg}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:
+        print(f"{sub}: error: argument --input: {e}", file=sys.stderr)
+        return 2
+    except DataFormatError as e:
+        print(f"{sub}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{sub}: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
     m = ds.meta
     print(json.dumps({"out": m["cache_dir"], "splits": m.get("splits"), "rows": m.get("rows"),
                       "skipped_rows": m.get("skipped_rows"), "vocab_sizes": list(ds.schema.vocab_sizes),

@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 
 from mlet_jax.data.base import Schema
 from mlet_jax.data.cache import SPLITS, CacheWriter
+from mlet_jax.data.errors import DataFormatError
+from mlet_jax.data.options import OptionError
 
 MISSING_KEY = -1
 TRAIN, VALID, TEST = 0, 1, 2
@@ -160,10 +162,39 @@ def per_field(option, name: str, default):
     return default if option is None else option
 
 
+def check_splits(codes: np.ndarray, label: np.ndarray, source: str, split_by: tuple[str, object],
+                 label_hint: str = "", valid_fraction: float = 0.0) -> None:
+    """Refuse splits a CTR model cannot be trained or scored on: an empty train or test split, or a split (train,
+    test, or a non-empty validation split) whose labels are all one class.
+
+    ``split_by`` is the option (name, value) that made the split, named when a split is empty; ``label_hint`` says
+    how labels were made (for example the threshold), added when a class is missing.
+    """
+    n = len(codes)
+    name, value = split_by
+    for i, nm in ((TRAIN, "train"), (TEST, "test")):
+        if not (codes == i).any():
+            raise OptionError(name, f"{name}={value!r} leaves the {nm} split empty ({n} rows were parsed); "
+                                    f"choose a {name} that gives every split at least one row")
+    if valid_fraction > 0 and not (codes == VALID).any():
+        raise OptionError("valid_fraction", f"valid_fraction={valid_fraction!r} leaves the validation split empty "
+                                            f"({n} rows were parsed); choose a larger one or 0 for no validation")
+    for i, nm in enumerate(SPLITS):
+        y = np.asarray(label)[codes == i]
+        if len(y) == 0:
+            continue
+        ones = int((y == 1).sum())
+        if ones in (0, len(y)):
+            raise DataFormatError(source, f"the {nm} split's {len(y)} labels are all {int(ones > 0)}; a CTR model "
+                                          f"needs both classes in every split{label_hint}")
+
+
 def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_count=1, hash_buckets=None,
              vocab_split: str = "train", bag_pooling: str = "sum", block_rows: int = 1 << 19,
              progress: bool = False) -> tuple[Schema, dict]:
     """Fit vocabularies and write the split arrays, ``id_counts.npy`` and ``vocab.npz`` into ``writer``.
+
+    Call :func:`check_splits` first: this writes whatever split it is given.
 
     Args:
         codes: uint8 [N]: the split of each stored row (0 train, 1 valid, 2 test).

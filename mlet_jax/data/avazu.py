@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from mlet_jax.data import splits
-from mlet_jax.data._build import Field, RawStore, _bar, finalize, parse_text_blocks, string_keys
+from mlet_jax.data._build import Field, RawStore, _bar, check_splits, finalize, parse_text_blocks, string_keys
 from mlet_jax.data._text import BLOCK_BYTES, check_file, iter_blocks, split_lines
 from mlet_jax.data.errors import BadRows, DataFormatError
 
@@ -101,6 +101,8 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
     if store.n == 0:
         raise DataFormatError(path, "no data rows after the header", line=2)
     codes = splits.random_split(store.n, options["test_fraction"], options["valid_fraction"], options["seed"])
+    check_splits(codes, store.read("label"), path, ("test_fraction", options["test_fraction"]),
+                 valid_fraction=options["valid_fraction"])
     schema, info = finalize(store, codes, writer, min_count=options["min_count"],
                             hash_buckets=options["hash_buckets"], vocab_split=options["vocab_split"],
                             progress=progress)

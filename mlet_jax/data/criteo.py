@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from mlet_jax.data import splits
-from mlet_jax.data._build import MISSING_KEY, Field, RawStore, _bar, finalize, parse_text_blocks
+from mlet_jax.data._build import MISSING_KEY, Field, RawStore, _bar, check_splits, finalize, parse_text_blocks
 from mlet_jax.data._text import BLOCK_BYTES, check_file, iter_blocks, split_lines
 from mlet_jax.data.errors import BadRows
 
@@ -84,6 +84,7 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
 
         raise DataFormatError(path, "no data rows", line=1)
     codes = splits.criteo_days(store.n, int(options["days"]))
+    check_splits(codes, store.read("label"), path, ("days", options["days"]))
     schema, info = finalize(store, codes, writer, min_count=options["min_count"],
                             hash_buckets=options["hash_buckets"], vocab_split=options["vocab_split"],
                             progress=progress)

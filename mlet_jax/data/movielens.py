@@ -5,7 +5,9 @@ zip; ``u.item`` pipe-separated in latin-1: id|title|release date|video release d
 1M: ``::``-separated ``ratings.dat`` (user, movie, rating, timestamp), ``users.dat`` (user, *gender, age*,
 occupation, zip: note the order), ``movies.dat`` (id, "Title (Year)", genres joined by ``|``), latin-1.
 
-Label: rating >= ``label_threshold`` (4). Fields: user, item, age, gender, occupation, zip (first ``zip_prefix``
+Label: rating >= ``label_threshold`` (4). A rating must be a number on the 1-5 scale of 100K and 1M (``nan``,
+``inf``, ``-1`` or ``99`` is a bad row: an error naming file and line, or skipped with ``on_bad_row="skip"``).
+Fields: user, item, age, gender, occupation, zip (first ``zip_prefix``
 characters), genres (a bag field, pooled by ``genre_pooling``), year (release year). No dense features.
 Splits: ``split="random"`` (seeded) or ``"timestamp"`` (the latest ratings are the test set).
 """
@@ -19,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from mlet_jax.data import splits
-from mlet_jax.data._build import Field, RawStore, finalize, string_keys
+from mlet_jax.data._build import Field, RawStore, check_splits, finalize, string_keys
 from mlet_jax.data._text import Block, check_file, split_lines
 from mlet_jax.data.errors import BadRows, DataFormatError
 
@@ -29,6 +31,7 @@ DEFAULTS = {"label_threshold": 4.0, "split": "random", "test_fraction": 0.1, "va
 GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                "War", "Western")
+RATING_SCALE = (1.0, 5.0)
 FILES = {"100k": ("u.data", "u.user", "u.item"), "1m": ("ratings.dat", "users.dat", "movies.dat")}
 
 
@@ -123,14 +126,19 @@ def build(data_dir: str, writer, *, progress: bool = False, **o) -> tuple:
     var = variant(data_dir)
     f_r, f_u, f_i = (os.path.join(data_dir, f) for f in FILES[var])
     enc, bad = o["encoding"], BadRows(o["on_bad_row"])
-    if o["split"] not in ("random", "timestamp"):
-        raise ValueError(f"movielens: split must be 'random' or 'timestamp', got {o['split']!r}")
     # ratings
     sep = "\t" if var == "100k" else "::"
     rt, ln_r = _read(f_r, sep, ["user", "item", "rating", "timestamp"], enc, bad)
     rt, rb = _ints(rt, ["user", "item", "timestamp"], f_r, ln_r, bad)
+    raw_rating = rt["rating"]
     rt2, rb2 = _ints(rt.select(pl.col("rating").cast(pl.String)), ["rating"], f_r, ln_r, bad, pl.Float64)
     rt = rt.with_columns(rt2["rating"])
+    r = rt["rating"]
+    lo, hi = RATING_SCALE
+    f = ~(r.is_finite() & r.is_between(lo, hi)).fill_null(True).to_numpy() & ~rb2
+    bad.check(f_r, f, ln_r, "rating", f"rating {{value!r}} is outside the MovieLens scale [{lo:g}, {hi:g}]",
+              raw_rating)
+    rb2 |= f
     # users (1M: gender before age)
     ucols = ["user", "age", "gender", "occupation", "zip"] if var == "100k" else \
         ["user", "gender", "age", "occupation", "zip"]
@@ -177,6 +185,8 @@ def build(data_dir: str, writer, *, progress: bool = False, **o) -> tuple:
         codes = splits.random_split(n, o["test_fraction"], o["valid_fraction"], o["seed"])
     else:
         codes = splits.ordered_split(j["timestamp"].to_numpy(), n, o["test_fraction"], o["valid_fraction"])
+    check_splits(codes, label, f_r, ("test_fraction", o["test_fraction"]),
+                 f" (label = rating >= label_threshold={o['label_threshold']:g})", o["valid_fraction"])
     schema, info = finalize(store, codes, writer, min_count=o["min_count"], hash_buckets=o["hash_buckets"],
                             vocab_split=o["vocab_split"], bag_pooling=o["genre_pooling"], progress=progress)
     return schema, info | {"rows": n, "variant": var, "genres": genre_names, **bad.summary()}

@@ -1,8 +1,12 @@
 """``load_dataset(name, data_dir, **options)``: every dataset behind one call, with the memory-mapped cache.
 
 File datasets (criteo, avazu, movielens, table) are parsed once into a cache directory (see
-:mod:`mlet_jax.data.cache`) that records the options and the input files' size and modification time; a later call
-with the same options opens the memory maps, a call with other options (or a changed input) rebuilds it.
+:mod:`mlet_jax.data.cache`) that records the options and the input files' size, modification time and a hash of
+their first and last MiB. A later call with the same options and unchanged inputs opens the memory maps; other
+options rebuild it; changed inputs rebuild it with a :class:`CacheRebuildWarning` saying what changed, except when the
+prepared cache itself is opened (``load_dataset(name, CACHE_DIR)``), which refuses with that message instead.
+
+Every option and both paths are checked before any file is read or written (:mod:`mlet_jax.data.options`).
 """
 
 from __future__ import annotations
@@ -13,14 +17,20 @@ import json
 import os
 import shutil
 import time
+import warnings
 
 from mlet_jax.data.base import Dataset
-from mlet_jax.data.cache import CacheWriter, fingerprint, open_cache, read_meta
+from mlet_jax.data.cache import CacheWriter, check_out, fingerprint, open_cache, read_meta, source_changes
+from mlet_jax.data.options import OptionError, check_options
 
 FILE_DATASETS = ("criteo", "avazu", "movielens", "table")
 NAMES = ("synthetic", *FILE_DATASETS, "arrays")
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: the source fingerprint holds a hash of each input's first and last MiB
 _NOT_IN_KEY = ("block_bytes",)  # options that change speed, not content
+
+
+class CacheRebuildWarning(UserWarning):
+    """A cache is rebuilt because its input files changed since it was built."""
 
 
 def _module(name: str):
@@ -44,23 +54,40 @@ def default_cache_dir(name: str, data_dir: str) -> str:
 
 def prepare(name: str, data_dir: str, out: str, *, progress: bool = False, rebuild: bool = False,
             **options) -> Dataset:
-    """Build (or reuse) the cache of dataset ``name`` read from ``data_dir`` in directory ``out``."""
+    """Build (or reuse) the cache of dataset ``name`` read from ``data_dir`` in directory ``out``.
+
+    ``out`` must be missing, an empty folder or one of our caches, and may not be, hold or lie inside an input;
+    options are checked first. Raises :class:`~mlet_jax.data.options.OptionError` (a ``ValueError`` naming the
+    argument), ``TypeError`` for an option the dataset does not take, ``FileNotFoundError`` or
+    :class:`~mlet_jax.data.errors.DataFormatError` (file, line, column) for bad input; nothing is left behind.
+    """
     if name not in FILE_DATASETS:
-        raise ValueError(f"prepare: dataset must be one of {FILE_DATASETS}, got {name!r}")
+        raise OptionError("dataset", f"dataset must be one of {', '.join(FILE_DATASETS)}, got {name!r}")
     mod = _module(name)
     opts = resolve_options(name, options)
+    check_options(name, opts)
     inputs = mod.input_files(data_dir, opts)
+    check_out(out, [data_dir, *inputs])
     key = {"name": name, "build_version": BUILD_VERSION, "source": fingerprint(inputs),
            "options": {k: v for k, v in opts.items() if k not in _NOT_IN_KEY}}
     meta = read_meta(out)
-    if meta is not None and not rebuild and all(meta.get(k) == v for k, v in key.items()):
-        return open_cache(out, meta)
+    why = None
+    if meta is not None and not rebuild:
+        if meta.get("name") != name or meta.get("build_version") != BUILD_VERSION:
+            why = f"it held a {meta.get('name')!r} cache of build version {meta.get('build_version')}"
+        elif meta.get("options") != key["options"]:
+            why = "other options were asked"
+        else:
+            why = source_changes(meta.get("source"), key["source"])
+            if why is None:
+                return open_cache(out, meta)
+            warnings.warn(f"{out}: rebuilding the cache: {why}", CacheRebuildWarning, stacklevel=2)
     t0 = time.time()
     with CacheWriter(out) as writer:
         schema, info = mod.build(data_dir, writer, progress=progress, **opts)
         shutil.rmtree(writer.file("_raw"), ignore_errors=True)
         writer.commit({**key, "input": os.path.abspath(data_dir), "schema": schema.to_json(), **info,
-                       "build_seconds": round(time.time() - t0, 3)})
+                       "rebuilt_because": why, "build_seconds": round(time.time() - t0, 3)})
     return open_cache(out)
 
 
@@ -96,6 +123,7 @@ def load_dataset(name: str, data_dir: str | None = None, **options) -> Dataset:
             raise ValueError(f"{data_dir}: holds a {meta.get('name')!r} cache, not {name!r}")
         want = {k: v for k, v in resolve_options(name, options).items() if k not in _NOT_IN_KEY}
         if (not options or want == meta["options"]) and not rebuild:
+            _check_source(data_dir, meta)
             return open_cache(data_dir, meta)
         src = meta.get("input")
         if not src or not os.path.exists(src):
@@ -104,3 +132,17 @@ def load_dataset(name: str, data_dir: str | None = None, **options) -> Dataset:
         return prepare(name, src, data_dir, progress=progress, rebuild=rebuild, **options)
     out = cache_dir or default_cache_dir(name, data_dir)
     return prepare(name, data_dir, out, progress=progress, rebuild=rebuild, **options)
+
+
+def _check_source(cache_dir: str, meta: dict) -> None:
+    """Refuse a prepared cache whose input files still exist but changed since it was built (a cache whose inputs
+    were deleted is self-contained and opens as it is)."""
+    recorded = meta.get("source") or []
+    paths = [r.get("path") for r in recorded]
+    if not paths or not all(p and os.path.isfile(p) for p in paths):
+        return
+    why = source_changes(recorded, fingerprint(paths))
+    if why is not None:
+        raise ValueError(f"{cache_dir}: {why} since this cache was prepared; prepare it again (python -m "
+                         f"mlet_jax.data prepare {meta.get('name')} --input {meta.get('input')} --out {cache_dir}) "
+                         f"or pass rebuild=True")

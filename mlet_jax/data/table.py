@@ -2,10 +2,17 @@
 
 CSV is streamed with pyarrow's reader (quoting handled), Parquet by row groups; each batch is checked and
 converted with polars. Label: 0/1 (ints, floats, booleans or "0"/"1"), or any number binarized by
-``label_threshold`` (label = value >= threshold). Categorical columns are keyed by a stable hash of their string
-form (empty/null is its own category) with ``min_count`` / ``hash_buckets``; numeric columns are float32 with
-missing -> 0 and optional ``log1p`` (negatives -> 0 first, as for Criteo). Splits: ``random`` (seeded) or
-``sequential`` (file order: train, then validation, then test).
+``label_threshold`` (label = value >= threshold, a finite number). Categorical columns are keyed by a stable hash of
+their string form with ``min_count`` / ``hash_buckets``; numeric columns are float32 with optional ``log1p``
+(negatives -> 0 first, as for Criteo). Splits: ``random`` (seeded) or ``sequential`` (file order: train, then
+validation, then test).
+
+Missing values: an empty field (or a Parquet null) is missing, and so is any string listed in ``missing_values``
+(default none: ``NA``, ``null``, ``N/A`` or ``nan`` are ordinary categories unless listed; pyarrow's own list of null
+strings is not used). A missing categorical value is its own category; a missing numeric value is 0; a missing label
+is a bad row. A numeric NaN (the text ``nan``, or NaN in Parquet) is a bad row unless ``impute_nan`` gives the value
+to put in its place; an infinite value is always a bad row. Bad rows raise :class:`DataFormatError` naming the file,
+row and column, or are skipped and counted with ``on_bad_row="skip"``.
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mlet_jax.data import splits
-from mlet_jax.data._build import Field, RawStore, _bar, finalize, string_keys
+from mlet_jax.data._build import Field, RawStore, _bar, check_splits, finalize, string_keys
 from mlet_jax.data._text import check_file, is_gzip
 from mlet_jax.data.errors import BadRows, DataFormatError
 
 DEFAULTS = {"label": None, "categorical": None, "numeric": [], "format": "auto", "separator": ",",
             "encoding": "utf-8", "label_threshold": None, "log1p": False, "split": "random",
             "test_fraction": 0.1, "valid_fraction": 0.0, "seed": 0, "min_count": 1, "hash_buckets": None,
-            "vocab_split": "train", "on_bad_row": "error", "block_bytes": 16 << 20}
+            "vocab_split": "train", "on_bad_row": "error", "missing_values": [], "impute_nan": None,
+            "block_bytes": 16 << 20}
 
 
 def input_files(data_dir: str, options: dict) -> list[str]:
@@ -37,8 +45,6 @@ def input_files(data_dir: str, options: dict) -> list[str]:
 
 def _format(path: str, fmt: str) -> str:
     if fmt != "auto":
-        if fmt not in ("csv", "parquet"):
-            raise ValueError(f"table: format must be 'auto', 'csv' or 'parquet', got {fmt!r}")
         return fmt
     with open(path, "rb") as fh:
         return "parquet" if fh.read(4) == b"PAR1" else "csv"
@@ -82,7 +88,8 @@ def _batches(path: str, fmt: str, o: dict, columns: list[str], bad: BadRows):
                                                 encoding=o["encoding"]),
             parse_options=pacsv.ParseOptions(delimiter=o["separator"], invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string()),
-                                                 include_columns=columns, strings_can_be_null=True,
+                                                 include_columns=columns, null_values=[""],
+                                                 strings_can_be_null=True,
                                                  quoted_strings_can_be_null=True))
     except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
         if pending:
@@ -122,14 +129,8 @@ def _check_columns(path: str, names: list[str], columns: list[str], label: str) 
 
 def build(path: str, writer, *, progress: bool = False, **o) -> tuple:
     size = check_file(path)
-    if not o["label"] or o["categorical"] is None:
-        raise ValueError("table: name the label column (label=...) and categorical columns (categorical=[...])")
     cats, nums, lab = list(o["categorical"]), list(o["numeric"]), o["label"]
-    columns = list(dict.fromkeys([lab, *cats, *nums]))
-    if len(columns) != 1 + len(cats) + len(nums):
-        raise ValueError(f"table: label, categorical and numeric columns must be distinct: {lab}, {cats}, {nums}")
-    if o["split"] not in ("random", "sequential"):
-        raise ValueError(f"table: split must be 'random' or 'sequential', got {o['split']!r}")
+    columns = [lab, *cats, *nums]
     fmt = _format(path, o["format"])
     bad = BadRows(o["on_bad_row"], unit="row")
     store = RawStore(writer.file("_raw"), [Field(c) for c in cats], nums)
@@ -153,6 +154,9 @@ def build(path: str, writer, *, progress: bool = False, **o) -> tuple:
         codes = splits.random_split(store.n, o["test_fraction"], o["valid_fraction"], o["seed"])
     else:
         codes = splits.ordered_split(None, store.n, o["test_fraction"], o["valid_fraction"])
+    thr = o["label_threshold"]
+    check_splits(codes, store.read("label"), path, ("test_fraction", o["test_fraction"]),
+                 "" if thr is None else f" (label = {lab} >= label_threshold={thr:g})", o["valid_fraction"])
     schema, info = finalize(store, codes, writer, min_count=o["min_count"], hash_buckets=o["hash_buckets"],
                             vocab_split=o["vocab_split"], progress=progress)
     return schema, info | {"rows": store.n, "input_format": fmt, **bad.summary()}
@@ -160,15 +164,24 @@ def build(path: str, writer, *, progress: bool = False, **o) -> tuple:
 
 def _convert(df: pl.DataFrame, row0: int, path: str, o: dict, cats, nums, bad: BadRows):
     rows = row0 + np.arange(len(df), dtype=np.int64)
+    if o["missing_values"]:
+        df = df.with_columns(pl.when(pl.col(c).cast(pl.String).is_in(o["missing_values"])).then(None)
+                             .otherwise(pl.col(c)).alias(c) for c in df.columns)
     lab = o["label"]
     y_raw = df[lab]
     if y_raw.dtype == pl.Boolean:
         y_raw = y_raw.cast(pl.Int8)
     ys = y_raw.cast(pl.String).str.strip_chars().str.to_lowercase().replace({"true": "1", "false": "0"})
     y = ys.cast(pl.Float64, strict=False)
-    rows_bad = y.is_null().to_numpy()
-    bad.check(path, rows_bad, rows, lab, "label {value!r} is not a number", y_raw.cast(pl.String))
+    rows_bad = y_raw.is_null().to_numpy()
+    bad.check(path, rows_bad, rows, lab, "missing label")
+    f = y.is_null().to_numpy() & ~rows_bad
+    bad.check(path, f, rows, lab, "label {value!r} is not a number", y_raw.cast(pl.String))
+    rows_bad |= f
     if o["label_threshold"] is not None:
+        f = ~y.is_finite().fill_null(True).to_numpy() & ~rows_bad
+        bad.check(path, f, rows, lab, "label {value!r} is not a finite number", y_raw.cast(pl.String))
+        rows_bad |= f
         y = (y >= float(o["label_threshold"])).cast(pl.Float64)
     else:
         f = ~y.is_in([0.0, 1.0]).fill_null(True).to_numpy()
@@ -180,12 +193,21 @@ def _convert(df: pl.DataFrame, row0: int, path: str, o: dict, cats, nums, bad: B
         s = df[c]
         v = (s if s.dtype.is_numeric() else s.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False))
         v = v.cast(pl.Float64)
-        f = (v.is_null() & s.is_not_null() & (s.cast(pl.String).str.strip_chars() != "")).to_numpy() | \
-            ~v.fill_null(0).is_finite().to_numpy()
+        if o["impute_nan"] is not None:
+            v = v.fill_nan(float(o["impute_nan"]))
+        f = (v.is_null() & s.is_not_null() & (s.cast(pl.String).str.strip_chars() != "")).to_numpy()
+        bad.check(path, f, rows, c, "{value!r} is not a number", s.cast(pl.String))
+        rows_bad |= f
+        f = v.is_nan().fill_null(False).to_numpy()
+        bad.check(path, f, rows, c, "{value!r} is NaN (pass impute_nan=VALUE to replace NaN, or list the string "
+                  "in missing_values)", s.cast(pl.String))
+        rows_bad |= f
+        f = v.is_infinite().fill_null(False).to_numpy()
         bad.check(path, f, rows, c, "{value!r} is not a finite number", s.cast(pl.String))
         rows_bad |= f
-        x = v.fill_null(0).fill_nan(0).to_numpy()
-        dense[:, i] = np.log1p(np.maximum(x, 0)) if o["log1p"] else np.where(np.isfinite(x), x, 0)
+        x = v.fill_nan(0).fill_null(0).to_numpy()
+        x = np.where(np.isfinite(x), x, 0)
+        dense[:, i] = np.log1p(np.maximum(x, 0)) if o["log1p"] else x
     keys = {c: string_keys(df[c].cast(pl.String)) for c in cats}
     label = y.fill_null(0).to_numpy().astype(np.float32)
     if rows_bad.any():
