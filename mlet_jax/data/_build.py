@@ -174,8 +174,11 @@ def check_splits(codes: np.ndarray, label: np.ndarray, source: str, split_by: tu
     name, value = split_by
     for i, nm in ((TRAIN, "train"), (TEST, "test")):
         if not (codes == i).any():
-            raise OptionError(name, f"{name}={value!r} leaves the {nm} split empty ({n} rows were parsed); "
-                                    f"choose a {name} that gives every split at least one row")
+            if name == "days":
+                fix = f"accepted: 2 <= days <= {n}"
+            else:
+                fix = f"choose a {'larger' if nm == 'test' else 'smaller'} {name}"
+            raise OptionError(name, f"{name}={value!r} leaves the {nm} split empty ({n} rows were parsed); {fix}")
     if valid_fraction > 0 and not (codes == VALID).any():
         raise OptionError("valid_fraction", f"valid_fraction={valid_fraction!r} leaves the validation split empty "
                                             f"({n} rows were parsed); choose a larger one or 0 for no validation")

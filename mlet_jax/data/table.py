@@ -199,8 +199,8 @@ def _convert(df: pl.DataFrame, row0: int, path: str, o: dict, cats, nums, bad: B
         bad.check(path, f, rows, c, "{value!r} is not a number", s.cast(pl.String))
         rows_bad |= f
         f = v.is_nan().fill_null(False).to_numpy()
-        bad.check(path, f, rows, c, "{value!r} is NaN (pass impute_nan=VALUE to replace NaN, or list the string "
-                  "in missing_values)", s.cast(pl.String))
+        bad.check(path, f, rows, c, "{value!r} is NaN (impute_nan / --impute-nan VALUE replaces NaN; or list the "
+                  "string in missing_values / --missing-values)", s.cast(pl.String))
         rows_bad |= f
         f = v.is_infinite().fill_null(False).to_numpy()
         bad.check(path, f, rows, c, "{value!r} is not a finite number", s.cast(pl.String))
