@@ -182,14 +182,12 @@ def check_splits(codes: np.ndarray, label: np.ndarray, source: str, split_by: tu
     if valid_fraction > 0 and not (codes == VALID).any():
         raise OptionError("valid_fraction", f"valid_fraction={valid_fraction!r} leaves the validation split empty "
                                             f"({n} rows were parsed); choose a larger one or 0 for no validation")
+    rows = np.bincount(codes, minlength=len(SPLITS))
+    ones = np.bincount(codes, weights=np.asarray(label) == 1, minlength=len(SPLITS)).astype(np.int64)
     for i, nm in enumerate(SPLITS):
-        y = np.asarray(label)[codes == i]
-        if len(y) == 0:
-            continue
-        ones = int((y == 1).sum())
-        if ones in (0, len(y)):
-            raise DataFormatError(source, f"the {nm} split's {len(y)} labels are all {int(ones > 0)}; a CTR model "
-                                          f"needs both classes in every split{label_hint}")
+        if rows[i] and ones[i] in (0, rows[i]):
+            raise DataFormatError(source, f"the {nm} split's {rows[i]} labels are all {int(ones[i] > 0)}; a CTR "
+                                          f"model needs both classes in every split{label_hint}")
 
 
 def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_count=1, hash_buckets=None,

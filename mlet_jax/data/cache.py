@@ -129,7 +129,7 @@ class CacheWriter:
             old = f"{self.path}.old-{os.getpid()}-{next(_counter)}"
             os.rename(self.path, old)
             os.rename(self.tmp, self.path)
-            shutil.rmtree(old)
+            _remove_own(old, "schema.json")
         else:
             os.rename(self.tmp, self.path)
         self._release()
@@ -137,7 +137,11 @@ class CacheWriter:
 
     def abort(self) -> None:
         self._arrays.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            if os.path.isdir(self.tmp):
+                _remove_own(self.tmp, LOCK)
+        except OSError:  # never mask the exception that made us abort
+            shutil.rmtree(self.tmp, ignore_errors=True)
         self._release()
 
     def _release(self) -> None:
@@ -246,13 +250,30 @@ def remove_stale_temps(path: str) -> list[str]:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # a live writer holds it
-                shutil.rmtree(full, ignore_errors=True)
-        elif read_meta(full) is not None and not _alive(int(m.group(2))):
-            shutil.rmtree(full, ignore_errors=True)
+                _remove_own(full, LOCK)
+        elif not _alive(int(m.group(2))) and read_meta(full) is not None:
+            _remove_own(full, "schema.json")
+        elif not _alive(int(m.group(2))) and not _entries(full):
+            os.rmdir(full)  # what an interrupted removal of ours leaves last
         else:
             continue
         removed.append(full)
     return removed
+
+
+def _remove_own(path: str, mark: str) -> None:
+    """Remove a folder of ours, its mark (lock file or schema.json) last, so that a removal cut short still
+    leaves it recognizable as ours (or empty) for :func:`remove_stale_temps`."""
+    for name in _entries(path):
+        if name != mark:
+            full = os.path.join(path, name)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.remove(full)
+    if os.path.exists(os.path.join(path, mark)):
+        os.remove(os.path.join(path, mark))
+    os.rmdir(path)
 
 
 def _alive(pid: int) -> bool:
