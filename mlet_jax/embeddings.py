@@ -10,9 +10,10 @@ In the paper's column-major notation a field's ``table`` is ``W2^T`` (n x k) and
 (k x d), so ``table @ projection = (W1 W2)^T``. :func:`collapse` multiplies the factors out once when training ends;
 the collapsed single-layer parameters give the same logits and cost nothing extra at inference.
 
-Every parameter leaf named ``table`` is indexed by the batch's fused row ids (``offsets[field] + id``); models may
-hold more than one such table (for example a first-order ``linear`` table of width 1), and the row-sparse optimizer
-path in :mod:`mlet_jax.training` relies on this convention.
+:class:`EmbeddingStage` owns every table of a model (the embeddings and the width-1 first-order table), all indexed by
+the batch's fused row ids (``offsets[field] + id``), and names them (:attr:`EmbeddingStage.table_paths`): the
+row-sparse step (:mod:`mlet_jax.row_sparse`) and the sharding rules (:mod:`mlet_jax.distributed`) take the tables
+from there, never from parameter names. Model bodies only see the stage's :class:`Features`.
 
 References:
     Deng et al., "Enhancing cross-category learning in recommendation systems with multi-layer embedding
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -88,23 +89,39 @@ def field_offsets(vocab_sizes: Sequence[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.asarray(vocab_sizes, np.int64))[:-1]]).astype(np.int64)
 
 
+def padded_rows(n_rows: int, multiple: int) -> int:
+    """``n_rows`` rounded up to a multiple of ``multiple`` (tables split over ``multiple`` devices)."""
+    return -(-int(n_rows) // int(multiple)) * int(multiple)
+
+
 def table_init(kind: str, vocab_sizes: Sequence[int], std: float = 1e-4):
-    """A Flax initializer for a fused ``[n_total, width]`` table with a per-field scale."""
+    """A Flax initializer for a fused ``[n_rows, width]`` table with a per-field scale.
+
+    ``n_rows`` may exceed ``sum(vocab_sizes)`` (tables padded to a multiple of the device count): the real rows are
+    the same numbers as without padding and the padding rows are zero (no id ever indexes them).
+    """
 
     def init(key, shape, dtype=jnp.float32):
-        n_total, width = shape
+        n_rows, width = shape
         counts = np.asarray(vocab_sizes, np.int64)
+        n = int(counts.sum())
+        if n_rows < n:
+            raise ValueError(f"a table of {n_rows} rows cannot hold the {n} rows of vocab_sizes")
         if kind == "normal":
-            return std * jax.random.normal(key, shape, dtype)
-        if kind == "uniform":
-            bound = 1.0 / np.sqrt(counts.astype(np.float64))
-        else:  # xavier: torch xavier_uniform on a [n_field, width] weight
-            bound = np.sqrt(6.0 / (counts + width))
-        # one draw, scaled field by field through static slices: a per-row scale vector would be an [n_total]
-        # constant in the HLO (slower to compile), and one draw per field compiles F random-bit generators
-        u = jax.random.uniform(key, shape, dtype, -1.0, 1.0)
-        lo = np.concatenate([[0], np.cumsum(counts)])
-        return jnp.concatenate([u[lo[f]:lo[f + 1]] * jnp.asarray(b, dtype) for f, b in enumerate(bound)])
+            x = std * jax.random.normal(key, (n, width), dtype)
+        else:
+            if kind == "uniform":
+                bound_F = 1.0 / np.sqrt(counts.astype(np.float64))
+            else:  # xavier: torch xavier_uniform on a [n_field, width] weight
+                bound_F = np.sqrt(6.0 / (counts + width))
+            # one draw, and each row's field bound looked up from an F-sized constant at run time: XLA fuses the
+            # draw and the scaling into one pass that writes the table once (a per-row [n] constant would bloat
+            # the HLO; scaling field slices and concatenating them needs a second table-sized buffer)
+            field_N = jnp.searchsorted(jnp.asarray(np.cumsum(counts), jnp.int32), jnp.arange(n, dtype=jnp.int32),
+                                       side="right")
+            scale_N = jnp.asarray(bound_F, dtype)[field_N]
+            x = jax.random.uniform(key, (n, width), dtype, -1.0, 1.0) * scale_N[:, None]
+        return x if n_rows == n else jnp.pad(x, ((0, n_rows - n), (0, 0)))
 
     return init
 
@@ -122,15 +139,24 @@ def projection_init(kind: str, std: float):
     return init
 
 
-def table_param(module: nn.Module, init, shape, dtype, ids_are_rows: bool, name: str = "table") -> jax.Array:
-    """Declare a row table, or, on the row-sparse path, take the batch's gathered rows in its place.
+def lookup_rows(table_NxW: jax.Array, rows_BxS: jax.Array, slots: Sequence[int], pooling: str) -> jax.Array:
+    """``[B, F, W]``: row ``rows[b, s]`` of ``table`` per slot, bag fields pooled over their non-padding (-1) slots.
 
-    The row-sparse train step substitutes ``[U, width]`` unique rows for the ``[n_total, width]`` table, which
-    ``Module.param`` would reject for its shape.
+    The one lookup rule for full tables (``rows`` are fused table rows) and for the row-sparse step (``table`` holds
+    the batch's gathered rows and ``rows`` point into them, :mod:`mlet_jax.row_sparse`).
     """
-    if ids_are_rows and module.has_variable("params", name):
-        return module.get_variable("params", name)
-    return module.param(name, init, shape, dtype)
+    if all(s == 1 for s in slots):
+        return jnp.take(table_NxW, rows_BxS, axis=0, mode="clip")
+    mask_BxS = (rows_BxS >= 0).astype(table_NxW.dtype)
+    vec_BxSxW = jnp.take(table_NxW, jnp.maximum(rows_BxS, 0), axis=0, mode="clip") * mask_BxS[..., None]
+    pooled, col = [], 0
+    for s in slots:
+        v = vec_BxSxW[:, col:col + s].sum(axis=1)
+        if pooling == "mean" and s > 1:
+            v = v / jnp.maximum(mask_BxS[:, col:col + s].sum(axis=1, keepdims=True), 1.0)
+        pooled.append(v)
+        col += s
+    return jnp.stack(pooled, axis=1)
 
 
 class Embeddings(nn.Module):
@@ -142,6 +168,8 @@ class Embeddings(nn.Module):
         slots: slots per field (a bag / multi-hot field takes several slots padded with -1); ``None``: one each.
         pooling: ``"sum"`` or ``"mean"`` over a bag field's non-padding ids.
         param_dtype: dtype of the parameters (``jnp.float64`` with x64 enabled for exactness checks).
+        row_multiple: the table has ``sum(vocab_sizes)`` rows rounded up to a multiple of this (so that its rows
+            split evenly over that many devices); padding rows are zero and never indexed.
     """
 
     vocab_sizes: tuple[int, ...]
@@ -149,77 +177,188 @@ class Embeddings(nn.Module):
     slots: tuple[int, ...] | None = None
     pooling: str = "sum"
     param_dtype: Any = jnp.float32
+    row_multiple: int = 1
 
     def _slots(self) -> tuple[int, ...]:
         return tuple(self.slots) if self.slots is not None else (1,) * len(self.vocab_sizes)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the stored table (padding included)."""
+        return padded_rows(sum(self.vocab_sizes), self.row_multiple)
 
     def row_ids(self, ids_BxS: jax.Array) -> jax.Array:
         """Fused table rows of local per-field ids (padding -1 stays -1)."""
         off_S = jnp.asarray(np.repeat(field_offsets(self.vocab_sizes), self._slots()), jnp.int32)
         return jnp.where(ids_BxS >= 0, ids_BxS + off_S[None, :], -1)
 
-    @nn.compact
-    def __call__(self, ids_BxS: jax.Array, *, ids_are_rows: bool = False) -> jax.Array:
-        """Look up, pool bags, and (for MLET) project.
+    def _projection(self) -> jax.Array:
+        spec = self.spec
+        return self.param("projection", projection_init(spec.projection_init, spec.projection_std),
+                          (len(self.vocab_sizes), spec.inner_dim, spec.dim), self.param_dtype)
 
-        Args:
-            ids_BxS: int ids, local per field (or fused table rows when ``ids_are_rows``); -1 marks bag padding.
-            ids_are_rows: the ids already index rows of ``table`` (used by the row-sparse training step, which
-                substitutes the batch's unique rows for the table).
-        Returns:
-            ``[B, F, d]`` embeddings.
-        """
-        spec, n_fields = self.spec, len(self.vocab_sizes)
-        table = table_param(self, table_init(spec.table_init, self.vocab_sizes, spec.table_std),
-                            (int(sum(self.vocab_sizes)), spec.width), self.param_dtype, ids_are_rows)
-        rows_BxS = ids_BxS if ids_are_rows else self.row_ids(ids_BxS)
-        slots = self._slots()
-        if spec.kind == "mlet" and ids_are_rows:
-            # Row-sparse step: `table` holds the batch's rows slot-major (slot s B + b is the row of ids[b, s];
-            # mlet_jax.training._dedup_rows), so every slot belongs to one field. Projecting the slots first and
-            # looking up d-wide afterwards gives the same numbers (pooling and projection are both linear) and
-            # makes the backward's scatter of per-occurrence gradients into slots d-wide instead of k-wide.
-            proj_FxKxD = self.param("projection", projection_init(spec.projection_init, spec.projection_std),
-                                    (n_fields, spec.inner_dim, spec.dim), self.param_dtype)
-            n_slots = ids_BxS.shape[1]
-            if table.shape[0] != ids_BxS.shape[0] * n_slots:
-                raise ValueError(f"ids_are_rows: expected the batch's {ids_BxS.shape[0]} x {n_slots} slot rows, "
-                                 f"got a table of {table.shape[0]} rows")
-            p_SxKxD = proj_FxKxD if all(s == 1 for s in slots) else proj_FxKxD[np.repeat(np.arange(n_fields), slots)]
-            table = jnp.einsum("sbk,skd->sbd", table.reshape(n_slots, ids_BxS.shape[0], spec.inner_dim),
-                               p_SxKxD).reshape(-1, spec.dim)
-        elif spec.kind == "mlet" and all(s == 1 for s in slots):
+    @nn.compact
+    def __call__(self, ids_BxS: jax.Array) -> jax.Array:
+        """Look up, pool bags, and (for MLET) project: ``[B, F, d]`` embeddings of local per-field ids."""
+        spec, slots = self.spec, self._slots()
+        table = self.param("table", table_init(spec.table_init, self.vocab_sizes, spec.table_std),
+                           (self.n_rows, spec.width), self.param_dtype)
+        rows_BxS = self.row_ids(ids_BxS)
+        if spec.kind == "mlet" and all(s == 1 for s in slots):
             # Field-major [F, B, k] from the gather on: the per-field projection is then a batched matmul with the
             # batch dimension leading, and XLA inserts no [B, F, k] transposes (forward or backward); only the
             # k/d-times smaller [F, B, d] result is transposed.
-            proj_FxKxD = self.param("projection", projection_init(spec.projection_init, spec.projection_std),
-                                    (n_fields, spec.inner_dim, spec.dim), self.param_dtype)
             emb_FxBxK = jnp.take(table, rows_BxS.T, axis=0, mode="clip")
-            return jnp.einsum("fbk,fkd->fbd", emb_FxBxK, proj_FxKxD).transpose(1, 0, 2)
-        if all(s == 1 for s in slots):
-            emb_BxFxW = jnp.take(table, rows_BxS, axis=0, mode="clip")
-        else:
-            mask_BxS = (rows_BxS >= 0).astype(table.dtype)
-            vec_BxSxW = jnp.take(table, jnp.maximum(rows_BxS, 0), axis=0, mode="clip") * mask_BxS[..., None]
-            pooled, col = [], 0
-            for s in slots:
-                v = vec_BxSxW[:, col:col + s].sum(axis=1)
-                if self.pooling == "mean" and s > 1:
-                    v = v / jnp.maximum(mask_BxS[:, col:col + s].sum(axis=1, keepdims=True), 1.0)
-                pooled.append(v)
-                col += s
-            emb_BxFxW = jnp.stack(pooled, axis=1)
-        if spec.kind == "single" or ids_are_rows:
+            return jnp.einsum("fbk,fkd->fbd", emb_FxBxK, self._projection()).transpose(1, 0, 2)
+        emb_BxFxW = lookup_rows(table, rows_BxS, slots, self.pooling)
+        if spec.kind == "single":
             return emb_BxFxW
-        proj_FxKxD = self.param("projection", projection_init(spec.projection_init, spec.projection_std),
-                                (n_fields, spec.inner_dim, spec.dim), self.param_dtype)
-        return jnp.einsum("bfk,fkd->bfd", emb_BxFxW, proj_FxKxD)
+        return jnp.einsum("bfk,fkd->bfd", emb_BxFxW, self._projection())
+
+    def lookup_slots(self, params: Mapping, slot_rows_UxW: jax.Array, slot_BxS: jax.Array) -> jax.Array:
+        """The same ``[B, F, d]`` embeddings from the batch's gathered rows (the row-sparse step).
+
+        ``slot_rows_UxW`` holds the batch's rows slot-major (slot ``s B + b`` is the row of ``ids[b, s]``,
+        :func:`mlet_jax.row_sparse.dedup_rows`) and ``slot_BxS`` points each occurrence at one slot holding its row.
+        Every slot belongs to one field, so MLET projects the slots first and looks occurrences up d-wide: pooling
+        and projection are both linear, and the backward's scatter into slots is d-wide instead of k-wide.
+        ``params`` is this module's parameter dictionary (MLET reads its ``projection``; ``table`` is not read).
+        """
+        spec, slots = self.spec, self._slots()
+        if spec.kind == "mlet":
+            n_b, n_slots = slot_BxS.shape
+            if slot_rows_UxW.shape[0] != n_b * n_slots:
+                raise ValueError(f"expected the batch's {n_b} x {n_slots} slot rows, got {slot_rows_UxW.shape[0]}")
+            proj_FxKxD = params["projection"]
+            p_SxKxD = proj_FxKxD if all(s == 1 for s in slots) else proj_FxKxD[np.repeat(np.arange(len(slots)), slots)]
+            slot_rows_UxW = jnp.einsum("sbk,skd->sbd", slot_rows_UxW.reshape(n_slots, n_b, spec.inner_dim),
+                                       p_SxKxD).reshape(-1, spec.dim)
+        return lookup_rows(slot_rows_UxW, slot_BxS, slots, self.pooling)
+
+
+class FirstOrder(nn.Module):
+    """First-order (wide) part without its bias: ``sum_f w[id_f] + dense @ w_dense``, ``-> [B]``.
+
+    The id weights are an un-factorized width-1 table over the same fused rows as the embeddings (leaf
+    ``embeddings/table``); MLET never factorizes it, as in the authors' code. Bag fields pool their weights like the
+    embeddings do. ``dense`` weights exist only when ``num_dense > 0``. DeepCTR-Torch initializes both N(0, 1e-4)
+    (``table_init="normal"``, ``std=1e-4``); ``table_init="uniform"`` gives U(+-1/sqrt(n_field)) to the table.
+    """
+
+    vocab_sizes: tuple[int, ...]
+    num_dense: int
+    slots: tuple[int, ...] | None = None
+    pooling: str = "sum"
+    table_init: str = "normal"
+    std: float = 1e-4
+    param_dtype: Any = jnp.float32
+    row_multiple: int = 1
+
+    def table_module(self, **kw) -> Embeddings:
+        spec = EmbeddingSpec(kind="single", dim=1, table_init=self.table_init, table_std=self.std)
+        return Embeddings(self.vocab_sizes, spec, self.slots, self.pooling, self.param_dtype, self.row_multiple,
+                          name="embeddings", **kw)
+
+    def _dense(self, logit_B: jax.Array, dense_BxN: jax.Array, w_N=None) -> jax.Array:
+        if not self.num_dense:
+            return logit_B
+        if w_N is None:
+            w_N = self.param("dense", nn.initializers.normal(self.std), (self.num_dense,), self.param_dtype)
+        return logit_B + dense_BxN.astype(self.param_dtype) @ w_N
+
+    @nn.compact
+    def __call__(self, dense_BxN: jax.Array, ids_BxS: jax.Array) -> jax.Array:
+        return self._dense(self.table_module()(ids_BxS).sum(axis=(1, 2)), dense_BxN)
+
+    def lookup_slots(self, params: Mapping, slot_rows_Ux1: jax.Array, slot_BxS: jax.Array, dense_BxN) -> jax.Array:
+        """The same ``[B]`` first-order terms from the batch's gathered rows (see :meth:`Embeddings.lookup_slots`)."""
+        w_BxFx1 = self.table_module(parent=None).lookup_slots({}, slot_rows_Ux1, slot_BxS)
+        return self._dense(w_BxFx1.sum(axis=(1, 2)), dense_BxN, params.get("dense"))
+
+
+class Features(NamedTuple):
+    """What the embedding stage hands a model body.
+
+    Attributes:
+        emb_BxFxD: the embeddings of every categorical field.
+        first_B: the first-order term ``sum_f w[id_f] + dense @ w_dense`` (no bias), or ``None`` for models
+            without a first-order part.
+    """
+
+    emb_BxFxD: jax.Array
+    first_B: jax.Array | None = None
+
+
+class EmbeddingStage(nn.Module):
+    """Every table of a model: the embeddings (single-layer or MLET, bags included) and the first-order weights.
+
+    ``(dense [B, M], ids [B, S]) -> Features``. Parameters sit under ``embeddings`` (``table``, and ``projection`` for
+    MLET) and, with a first-order part, under ``linear`` (``embeddings/table`` of width 1 and ``dense``), in the
+    scope of the model that owns the stage (:class:`mlet_jax.models.base.CTRModel`). Model bodies see only the
+    :class:`Features`; how the tables are updated (densely or row-sparse, :mod:`mlet_jax.row_sparse`) is decided
+    outside the model from :attr:`table_paths` and :meth:`lookup_slots`.
+    """
+
+    vocab_sizes: tuple[int, ...]
+    spec: EmbeddingSpec
+    num_dense: int = 0
+    slots: tuple[int, ...] | None = None
+    pooling: str = "sum"
+    first_order: bool = False
+    first_order_init: str = "normal"
+    first_order_std: float = 1e-4
+    param_dtype: Any = jnp.float32
+    row_multiple: int = 1
+
+    # ``parent=None`` builds a free-standing definition (for pure methods outside ``init``/``apply``)
+    def embeddings(self, **kw) -> Embeddings:
+        return Embeddings(self.vocab_sizes, self.spec, self.slots, self.pooling, self.param_dtype, self.row_multiple,
+                          name="embeddings", **kw)
+
+    def linear(self, **kw) -> FirstOrder:
+        return FirstOrder(self.vocab_sizes, self.num_dense, self.slots, self.pooling, self.first_order_init,
+                          self.first_order_std, self.param_dtype, self.row_multiple, name="linear", **kw)
+
+    @property
+    def table_paths(self) -> tuple[tuple[str, ...], ...]:
+        """Paths of the row tables in the parameter tree (all indexed by the same fused rows)."""
+        return (("embeddings", "table"),) + ((("linear", "embeddings", "table"),) if self.first_order else ())
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of every table (padding included)."""
+        return padded_rows(sum(self.vocab_sizes), self.row_multiple)
+
+    def row_ids(self, ids_BxS: jax.Array) -> jax.Array:
+        """Fused table rows of local per-field ids (padding -1 stays -1)."""
+        return self.embeddings(parent=None).row_ids(ids_BxS)
+
+    @nn.compact
+    def __call__(self, dense_BxM: jax.Array, ids_BxS: jax.Array) -> Features:
+        emb_BxFxD = self.embeddings()(ids_BxS)
+        return Features(emb_BxFxD, self.linear()(dense_BxM, ids_BxS) if self.first_order else None)
+
+    def lookup_slots(self, params: Mapping, slot_rows: Mapping[tuple[str, ...], jax.Array], slot_BxS: jax.Array,
+                     dense_BxM: jax.Array) -> Features:
+        """The same :class:`Features` from the batch's gathered rows ``slot_rows[path]`` of each table.
+
+        ``params`` is the model's parameter tree (the stage reads its non-table parameters: MLET projections and the
+        first-order dense weights).
+        """
+        emb_rows_UxW = slot_rows[("embeddings", "table")]
+        emb = self.embeddings(parent=None).lookup_slots(params.get("embeddings", {}), emb_rows_UxW, slot_BxS)
+        if not self.first_order:
+            return Features(emb)
+        rows_Ux1 = slot_rows[("linear", "embeddings", "table")]
+        first = self.linear(parent=None).lookup_slots(params.get("linear", {}), rows_Ux1, slot_BxS, dense_BxM)
+        return Features(emb, first)
 
 
 def collapse_table(table_NxK: jax.Array, projection_FxKxD: jax.Array, vocab_sizes: Sequence[int]) -> jax.Array:
     """Multiply each field's rows by its projection: ``[n_total, k] -> [n_total, d]``."""
-    if table_NxK.shape[0] != sum(vocab_sizes):
+    if table_NxK.shape[0] < sum(vocab_sizes):
         raise ValueError(f"table has {table_NxK.shape[0]} rows but vocab_sizes sum to {sum(vocab_sizes)}")
+    # rows past sum(vocab_sizes) are device padding (never indexed): the collapsed table drops them
     out, lo = [], 0
     for f, n in enumerate(vocab_sizes):
         out.append(table_NxK[lo:lo + n] @ projection_FxKxD[f])

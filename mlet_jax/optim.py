@@ -10,9 +10,9 @@ rules are written here as optax ``GradientTransformation``s:
   ``g <- g + wd * p``; ``s <- s + g^2`` (``s`` starts at ``initial_accumulator_value``);
   ``p <- p - clr * g / (sqrt(s) + eps)`` with ``eps = 1e-10`` outside the square root.
 
-Row-sparse updates (:class:`RowSparse`) apply the same rules to only the rows a batch touched; for SGD without
-momentum and Adagrad, with ``weight_decay = 0``, they equal the dense update exactly, because a row whose gradient is
-zero does not move and its accumulator does not change.
+Row-sparse updates (:class:`mlet_jax.row_sparse.RowSparse`) apply the same rules to only the rows a batch touched;
+for SGD without momentum and Adagrad, with ``weight_decay = 0``, they equal the dense update exactly, because a row
+whose gradient is zero does not move and its accumulator does not change.
 """
 
 from __future__ import annotations
@@ -162,37 +162,10 @@ def partitioned(groups: dict[str, optax.GradientTransformation],
     return optax.partition(groups, checked_labels)
 
 
-class RowSparseState(NamedTuple):
-    count: chex.Array
-    sum: Any  # Adagrad accumulator with the table's shape, or None for SGD
+def __getattr__(name):
+    # RowSparse lives in mlet_jax.row_sparse with the rest of the row-sparse step; importable from here as before
+    if name in ("RowSparse", "RowSparseState"):
+        from mlet_jax import row_sparse
 
-
-@dataclasses.dataclass(frozen=True)
-class RowSparse:
-    """Apply SGD or torch Adagrad to only the rows a batch touched.
-
-    ``rows`` may contain repeats (the padding of ``jnp.unique(..., size=...)``) as long as every repeat but one has a
-    zero gradient: updates are scatter-*added*, so zero-gradient repeats add nothing.
-    """
-
-    spec: OptimizerSpec
-
-    def __post_init__(self):
-        if not self.spec.supports_row_sparse:
-            raise ValueError("row-sparse updates equal dense ones only without weight decay or momentum; "
-                             "use dense updates for this optimizer")
-
-    def init(self, table: jax.Array) -> RowSparseState:
-        acc = (jnp.full_like(table, self.spec.initial_accumulator_value) if self.spec.name == "adagrad" else None)
-        return RowSparseState(count=jnp.zeros([], jnp.int32), sum=acc)
-
-    def update(self, table: jax.Array, state: RowSparseState, rows_U: jax.Array, grad_UxW: jax.Array):
-        """Return the updated ``(table, state)``."""
-        s = self.spec
-        count = state.count + 1
-        if s.name == "sgd":
-            return table.at[rows_U].add(-s.lr * grad_UxW), RowSparseState(count, None)
-        clr = _decayed_lr(s.lr, s.lr_decay, count, table.dtype)
-        acc = state.sum.at[rows_U].add(grad_UxW * grad_UxW)
-        step = -clr * (grad_UxW / (jnp.sqrt(acc[rows_U]) + s.eps))
-        return table.at[rows_U].add(step.astype(table.dtype)), RowSparseState(count, acc)
+        return getattr(row_sparse, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,19 +1,25 @@
-"""Train state, jitted train/eval steps and the ``fit`` loop.
+"""Train state, one pure jitted train step, evaluation, and the ``fit`` loop.
 
-``Trainer(model, config)`` builds pure functions of ``(state, batch)``:
+``Trainer(model, config, mesh=None)`` builds pure functions of ``(state, batch)``:
 
-* ``train_step(state, batch) -> (state, metrics)``: binary cross-entropy on logits, one optimizer step; jitted once
-  per (model, config, batch shape) with the state donated.
-* ``eval_step(params, batch) -> logits``: jitted.
+* ``train_step(state, batch) -> (state, metrics)``: binary cross-entropy on logits, one optimizer step. One
+  module-level ``jax.jit`` with the trainer as a static argument and the state donated, so equal trainers share one
+  compiled step through JAX's own cache.
+* ``eval_step(params, batch) -> logits``: jitted the same way.
+
+The same step runs on one device and on a mesh (:mod:`mlet_jax.distributed`): with ``mesh``, the state is created
+and kept with shardings chosen by its structure (the stage's tables, their row-sparse optimizer state and the dedup
+scratch split by rows over every device; everything else replicated) and the batch is split over the ``data`` axis.
+Tables are padded to a multiple of the device count (padding rows are never indexed).
 
 Two update paths give the same numbers (tests check 20 steps against each other):
 
 * dense: ``jax.grad`` over every parameter and one ``optax.partition`` optimizer (tables and the rest may use
   different torch optimizers);
-* row-sparse (default whenever it is exact: SGD without momentum or Adagrad, no weight decay on tables): the
-  batch's unique table rows are gathered once, the model runs on them (``ids_are_rows=True``), and only those rows
-  and their Adagrad accumulators are updated. Cost grows with the batch, not with the table. MLET projections and
-  MLPs stay dense parameters.
+* row-sparse (default whenever it is exact: SGD without momentum or Adagrad, no weight decay on tables,
+  :mod:`mlet_jax.row_sparse`): the batch's rows of each table are gathered once, the model body runs on the
+  features computed from them, and only those rows and their Adagrad accumulators are updated. Cost grows with the
+  batch, not with the table. MLET projections and MLPs stay dense parameters.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from mlet_jax import distributed, row_sparse
 from mlet_jax import metrics as metrics_lib
 from mlet_jax.data.base import Split, batches
-from mlet_jax.optim import OptimizerSpec, RowSparse, partitioned
+from mlet_jax.optim import OptimizerSpec, partitioned
+from mlet_jax.row_sparse import RowSparse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +54,7 @@ class TrainConfig:
     Attributes:
         optimizer: torch optimizer for the dense parameters (MLPs, MLET projections, ...), and for the tables
             unless ``table_optimizer`` is given. Paper: SGD lr 0.2 for DLRM, Adagrad lr 0.02 for the rest.
-        table_optimizer: optimizer for parameters named ``table`` (embedding and first-order tables).
+        table_optimizer: optimizer for the embedding stage's tables (embedding and first-order tables).
         sparse_tables: update only the batch's rows of each table; ``None`` picks it whenever it is exact.
         loss_reduction: ``"mean"`` over the batch (DLRM reference) or ``"sum"`` (DeepCTR-Torch).
         grad_norm: also return the global gradient norm in every step's metrics (``"grad_norm"``). Off by
@@ -77,23 +85,25 @@ class TrainConfig:
 
 @flax.struct.dataclass
 class TrainState:
+    """Everything a step reads and writes.
+
+    Attributes:
+        step: steps taken.
+        params: the model's parameters (full tables).
+        opt_state: the dense optimizer's state: over the non-table parameters on the row-sparse path, over every
+            parameter (one ``optax.partition``) on the dense path.
+        table_opt_state: ``{table path "a/b/table": RowSparseState}`` on the row-sparse path, else ``None``.
+        dedup: the row-sparse dedup scratch (int32, one entry per table row, :func:`mlet_jax.row_sparse.dedup_rows`),
+            or ``None`` (dense path, or tables above ``SCATTER_DEDUP_MAX_ROWS`` rows: sort-based dedup).
+        rng: the dropout key.
+    """
+
     step: jax.Array
     params: Any
     opt_state: Any
-    table_state: Any
+    table_opt_state: Any
+    dedup: Any
     rng: jax.Array
-
-
-def _is_table(key: tuple) -> bool:
-    return key[-1] == "table"
-
-
-def split_tables(params) -> tuple[dict, dict]:
-    """``(tables, rest)`` as flat ``{path: array}`` dicts."""
-    flat = traverse_util.flatten_dict(params)
-    tables = {k: v for k, v in flat.items() if _is_table(k)}
-    rest = {k: v for k, v in flat.items() if not _is_table(k)}
-    return tables, rest
 
 
 def bce_with_logits(logits, labels, reduction: str = "mean"):
@@ -106,110 +116,194 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)) if leaves else jnp.zeros([])
 
 
+def _name(path: tuple[str, ...]) -> str:
+    return "/".join(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-    """Pure, jitted training functions for one model and one update rule."""
+    """Pure, jitted training functions for one model and one update rule, on one device or a mesh.
+
+    Attributes:
+        model: a CTR model (:class:`mlet_jax.models.base.CTRModel`).
+        config: the update rule.
+        mesh: a ``(data, model)`` device mesh (:func:`mlet_jax.distributed.make_mesh`), or ``None`` for one device.
+            With a mesh the model's tables are padded to a multiple of the device count (``self.model`` is then the
+            padded clone; :func:`mlet_jax.models.collapse_model` and :func:`mlet_jax.models.strip_padding` drop the
+            padding rows).
+    """
 
     model: Any
     config: TrainConfig = TrainConfig()
+    mesh: jax.sharding.Mesh | None = None
+
+    def __post_init__(self):
+        if self.mesh is not None and self.model.row_multiple % self.mesh.size:
+            if self.model.row_multiple != 1:
+                raise ValueError(f"the model's tables are padded to a multiple of {self.model.row_multiple} rows, "
+                                 f"which does not split over the mesh's {self.mesh.size} devices")
+            object.__setattr__(self, "model", self.model.clone(row_multiple=self.mesh.size))
+
+    @property
+    def stage(self):
+        """The model's embedding stage (owner of every table)."""
+        return self.model.embedding_stage()
+
+    @property
+    def table_paths(self) -> tuple[tuple[str, ...], ...]:
+        return self.stage.table_paths
 
     # -- construction -------------------------------------------------------------------------------------------
     def init_params(self, seed_or_key, batch: dict) -> dict:
+        """The model's parameters from ``seed_or_key`` (placed with their shardings on a mesh)."""
         key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
-        return _jit_init(self.model)(key, jnp.asarray(batch["dense"]), jnp.asarray(batch["ids"]))
+        dense, ids = _example(batch)
+        return _init_params(self, key, dense, ids)
 
     def init(self, seed_or_key, batch: dict, params: dict | None = None) -> TrainState:
-        """A fresh train state (parameters from ``seed_or_key`` unless ``params`` is given)."""
+        """A fresh train state (parameters from ``seed_or_key`` unless ``params`` is given).
+
+        Parameters, optimizer state and dedup scratch are created in one compiled program that writes each array
+        once, in its final sharding: the peak memory is about the state itself (BENCHMARKS.md, "Init memory").
+        """
         key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
         key, rng = jax.random.split(key)
+        dense, ids = _example(batch)
         if params is None:
-            params = self.init_params(key, batch)
-        tables, rest = split_tables(params)
-        if self.config.sparse:
-            rs = RowSparse(self.config.tables)
-            opt_state = self._dense_tx().init(rest)
-            table_state = {"/".join(k): rs.init(v) for k, v in tables.items()}
-            n_rows = int(sum(_embedding_module(self.model).vocab_sizes))
-            if n_rows <= _SCATTER_DEDUP_MAX_ROWS:
-                table_state[_DEDUP_KEY] = jnp.zeros((n_rows,), jnp.int32)
-        else:
-            opt_state = self._dense_tx().init(params)
-            table_state = None
-        return TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
-                          table_state=table_state, rng=rng)
+            return _init_state(self, key, rng, dense, ids)
+        return _state_from_params(self, params, rng)
 
     def _dense_tx(self) -> optax.GradientTransformation:
         if self.config.sparse:
             return self.config.optimizer.transform()
-        return partitioned({"table": self.config.tables.transform(), "dense": self.config.optimizer.transform()})
+        paths = set(self.table_paths)
+
+        def labels(params):
+            flat = traverse_util.flatten_dict(params)
+            return traverse_util.unflatten_dict({k: "table" if k in paths else "dense" for k in flat})
+
+        return partitioned({"table": self.config.tables.transform(), "dense": self.config.optimizer.transform()},
+                           labels)
+
+    def _opt_states(self, params):
+        """``(opt_state, table_opt_state, dedup)`` for fresh parameters (traceable)."""
+        if not self.config.sparse:
+            return self._dense_tx().init(params), None, None
+        tables, rest = row_sparse.split_tables(params, self.table_paths)
+        rs = RowSparse(self.config.tables)
+        table_opt = {_name(p): rs.init(t) for p, t in tables.items()}
+        n_rows = self.stage.n_rows
+        dedup = jnp.zeros((n_rows,), jnp.int32) if n_rows <= row_sparse.SCATTER_DEDUP_MAX_ROWS else None
+        return self._dense_tx().init(traverse_util.unflatten_dict(rest)), table_opt, dedup
+
+    # -- shardings ----------------------------------------------------------------------------------------------
+    def param_shardings(self, params):
+        """Tables by rows over every device, everything else replicated (``None`` without a mesh)."""
+        if self.mesh is None:
+            return None
+        rows, rep = distributed.rows_sharding(self.mesh), distributed.replicated(self.mesh)
+        paths = set(self.table_paths)
+        flat = traverse_util.flatten_dict(params)
+        return traverse_util.unflatten_dict({k: rows if k in paths else rep for k in flat})
+
+    def state_shardings(self, state: TrainState):
+        """A ``NamedSharding`` per leaf of ``state``, chosen by the state's structure (``None`` without a mesh)."""
+        if self.mesh is None:
+            return None
+        rows, rep = distributed.rows_sharding(self.mesh), distributed.replicated(self.mesh)
+        p_sh = self.param_shardings(state.params)
+        if self.config.sparse:
+            opt_sh = jax.tree_util.tree_map(lambda _: rep, state.opt_state)
+            table_sh = {k: row_sparse.RowSparseState(rep, None if st.sum is None else rows)
+                        for k, st in state.table_opt_state.items()}
+        else:  # the dense optimizer mirrors the parameters: its table statistics follow the tables
+            opt_sh = optax.tree_map_params(self._dense_tx(), lambda _, sh: sh, state.opt_state, p_sh,
+                                           transform_non_params=lambda _: rep)
+            table_sh = None
+        return TrainState(step=rep, params=p_sh, opt_state=opt_sh, table_opt_state=table_sh,
+                          dedup=None if state.dedup is None else rows, rng=rep)
+
+    def _constrain(self, state: TrainState) -> TrainState:
+        if self.mesh is None:
+            return state
+        return jax.lax.with_sharding_constraint(state, self.state_shardings(state))
+
+    def place_batch(self, batch: dict) -> dict:
+        """Put a batch on the device(s): split over the data axis on a mesh (with several processes ``batch`` is
+        this process's slice, :func:`mlet_jax.distributed.process_rows`)."""
+        if self.mesh is None:
+            return jax.device_put(batch)
+        return distributed.shard_batch(batch, self.mesh)
 
     # -- steps --------------------------------------------------------------------------------------------------
-    def loss_and_logits(self, params, batch, *, ids_are_rows=False, rng=None):
+    def loss_and_logits(self, params, batch, *, rng=None):
         rngs = {"dropout": rng} if rng is not None else None
-        logits = self.model.apply({"params": params}, batch["dense"], batch["ids"], ids_are_rows=ids_are_rows,
-                                  train=rng is not None, rngs=rngs)
+        logits = self.model.apply({"params": params}, batch["dense"], batch["ids"], train=rng is not None,
+                                  rngs=rngs)
         return bce_with_logits(logits, batch["label"], self.config.loss_reduction), logits
 
-    def _train_step(self, state: TrainState, batch: dict):
+    def _step(self, state: TrainState, batch: dict):
+        if self.mesh is not None:
+            batch = jax.lax.with_sharding_constraint(batch, distributed.batch_sharding(self.mesh))
         rng, step_rng = jax.random.split(state.rng)
+        table_opt, dedup = state.table_opt_state, state.dedup
         if self.config.sparse:
-            params, opt_state, table_state, loss, gnorm = self._sparse_update(state, batch, step_rng)
+            loss, g = row_sparse.value_and_grad(
+                self.model, lambda lg: bce_with_logits(lg, batch["label"], self.config.loss_reduction),
+                state.params, batch, state.dedup, rngs={"dropout": step_rng}, train=True)
+            tables, rest = row_sparse.split_tables(state.params, self.table_paths)
+            rest_tree = traverse_util.unflatten_dict(rest)
+            updates, opt_state = self._dense_tx().update(traverse_util.unflatten_dict(g.rest), state.opt_state,
+                                                         rest_tree)
+            flat = traverse_util.flatten_dict(optax.apply_updates(rest_tree, updates))
+            rs, table_opt = RowSparse(self.config.tables), dict(table_opt)
+            for p, t in tables.items():
+                flat[p], table_opt[_name(p)] = rs.update(t, table_opt[_name(p)], g.rows_U, g.rows[p])
+            params, dedup = traverse_util.unflatten_dict(flat), g.scratch_N
+            gnorm = _global_norm((g.rest, g.rows)) if self.config.grad_norm else None
         else:
             (loss, _), grads = jax.value_and_grad(self.loss_and_logits, has_aux=True)(
                 state.params, batch, rng=step_rng)
             updates, opt_state = self._dense_tx().update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            table_state, gnorm = None, (_global_norm(grads) if self.config.grad_norm else None)
-        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, table_state=table_state, rng=rng)
+            gnorm = _global_norm(grads) if self.config.grad_norm else None
+        new = self._constrain(TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                                         table_opt_state=table_opt, dedup=dedup, rng=rng))
         return new, ({"loss": loss, "grad_norm": gnorm} if self.config.grad_norm else {"loss": loss})
-
-    def _sparse_update(self, state: TrainState, batch: dict, rng):
-        tables, rest = split_tables(state.params)
-        emb = _embedding_module(self.model)
-        rows_BxS = emb.row_ids(jnp.asarray(batch["ids"]))
-        table_state = dict(state.table_state)
-        uniq_U, inv_BxS, scratch_N = _dedup_rows(rows_BxS, table_state.get(_DEDUP_KEY))
-        if scratch_N is not None:
-            table_state[_DEDUP_KEY] = scratch_N
-        gathered = {k: v.at[uniq_U].get(mode="promise_in_bounds") for k, v in tables.items()}
-
-        def loss_fn(rest_p, rows_p):
-            params = traverse_util.unflatten_dict({**rest_p, **rows_p})
-            return self.loss_and_logits(params, {**batch, "ids": inv_BxS}, ids_are_rows=True, rng=rng)
-
-        (loss, _), (g_rest, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(rest, gathered)
-        updates, opt_state = self._dense_tx().update(g_rest, state.opt_state, rest)
-        rest = optax.apply_updates(rest, updates)
-        rs = RowSparse(self.config.tables)
-        for k, t in tables.items():
-            name = "/".join(k)
-            tables[k], table_state[name] = rs.update(t, table_state[name], uniq_U, g_rows[k])
-        params = traverse_util.unflatten_dict({**rest, **tables})
-        gnorm = _global_norm((g_rest, g_rows)) if self.config.grad_norm else None
-        return params, opt_state, table_state, loss, gnorm
 
     @functools.cached_property
     def train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-        """Jitted ``(state, batch) -> (state, metrics)``; the input state is donated."""
-        return _jit_train_step(self)
+        """Jitted ``(state, batch) -> (state, metrics)``; the input state is donated (``.lower`` works too)."""
+        step = functools.partial(_train_step, self)
+        step.lower = functools.partial(_train_step.lower, self)
+        return step
 
     @functools.cached_property
     def eval_step(self) -> Callable[[dict, dict], jax.Array]:
-        """Jitted ``(params, batch) -> logits``."""
-        return _jit_eval(self.model)
+        """Jitted ``(params, batch) -> logits`` (replicated on a mesh)."""
+        return functools.partial(_eval_step, self)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def predict(self, params, split: Split, batch_size: int = 8192) -> np.ndarray:
-        """Logits for every row of ``split`` (the last batch is padded, so one compiled shape serves all)."""
+        """Logits for every row of ``split`` (the last batch is padded, so one compiled shape serves all).
+
+        On a mesh each batch is split over the data axis; with several processes every process reads only its slice
+        of each batch and every process gets all logits.
+        """
         n = len(split)
         out = np.empty(n, np.float32)
         bs = min(batch_size, max(n, 1))
+        if self.mesh is not None:
+            bs = -(-bs // self.mesh.shape[distributed.DATA]) * self.mesh.shape[distributed.DATA]
         for lo in range(0, n, bs):
             hi = min(n, lo + bs)
-            b = {"dense": np.asarray(split.dense[lo:hi], np.float32), "ids": np.asarray(split.ids[lo:hi], np.int32)}
-            if hi - lo < bs:
-                b = {k: np.concatenate([v, np.repeat(v[-1:], bs - (hi - lo), axis=0)]) for k, v in b.items()}
-            out[lo:hi] = np.asarray(self.eval_step(params, b))[: hi - lo]
+            idx = np.minimum(np.arange(lo, lo + bs), hi - 1)  # the last batch repeats its last row
+            if self.mesh is not None:
+                a, b = distributed.process_rows(bs)
+                idx = idx[a:b]
+            batch = {"dense": np.asarray(split.dense[idx], np.float32), "ids": np.asarray(split.ids[idx], np.int32)}
+            logits = self.eval_step(params, self.place_batch(batch))
+            out[lo:hi] = np.asarray(distributed.local_value(logits))[: hi - lo]
         return out
 
     def evaluate(self, params, split: Split, batch_size: int = 8192) -> dict[str, float]:
@@ -217,77 +311,48 @@ class Trainer:
         return metrics_lib.binary_metrics(np.asarray(split.label), self.predict(params, split, batch_size))
 
 
-_STEP_CACHE: dict = {}
+def _example(batch: dict):
+    # parameter shapes never depend on the batch size: initialize from one row
+    return jnp.asarray(np.asarray(batch["dense"])[:1]), jnp.asarray(np.asarray(batch["ids"])[:1])
 
 
-# Equal (hashable) models share one compiled init and eval function: a seed sweep compiles each once.
-@functools.lru_cache(maxsize=128)
-def _jit_init(model):
-    # jitted: op-by-op init of a large table compiles each random initializer separately (seconds per model)
-    return jax.jit(lambda key, dense, ids: model.init(key, dense, ids)["params"])
+# One jit each, the trainer static: JAX's own cache compiles once per equal (model, config, mesh) and input shapes.
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(trainer: Trainer, key, dense, ids):
+    params = trainer.model.init(key, dense, ids)["params"]
+    if trainer.mesh is not None:
+        params = jax.lax.with_sharding_constraint(params, trainer.param_shardings(params))
+    return params
 
 
-@functools.lru_cache(maxsize=128)
-def _jit_eval(model):
-    return jax.jit(lambda params, batch: model.apply({"params": params}, batch["dense"], batch["ids"]))
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state(trainer: Trainer, key, rng, dense, ids) -> TrainState:
+    params = trainer.model.init(key, dense, ids)["params"]
+    opt_state, table_opt, dedup = trainer._opt_states(params)
+    return trainer._constrain(TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
+                                         table_opt_state=table_opt, dedup=dedup, rng=rng))
 
 
-def _jit_train_step(trainer: Trainer):
-    # Trainers are frozen dataclasses of hashable modules and configs: equal trainers share one compiled step.
-    key = (trainer.model, trainer.config)
-    if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = jax.jit(trainer._train_step, donate_argnums=(0,))
-    return _STEP_CACHE[key]
+@functools.partial(jax.jit, static_argnums=0)
+def _state_from_params(trainer: Trainer, params, rng) -> TrainState:
+    opt_state, table_opt, dedup = trainer._opt_states(params)
+    return trainer._constrain(TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
+                                         table_opt_state=table_opt, dedup=dedup, rng=rng))
 
 
-# Up to this many table rows the row-sparse state carries a table-sized int32 dedup scratch (Trainer.init), and the
-# step finds each batch row's slot by a scatter and a gather of O(B S) entries; above it, through a sort.
-_SCATTER_DEDUP_MAX_ROWS = 1 << 23
-# The row-sparse state's dedup scratch (see _dedup_rows); the "/table" suffix shards it by rows like the tables.
-_DEDUP_KEY = "row_dedup/table"
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _train_step(trainer: Trainer, state: TrainState, batch: dict):
+    return trainer._step(state, batch)
 
 
-def _dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):
-    """Slots for the row-sparse step: ``(rows_U, slot_BxS, scratch_N)`` with ``U = B S``, slot-major.
-
-    Slot ``s B + b`` holds the row of occurrence ``(b, s)`` (``rows_U = rows_BxS.T.reshape(-1)``, padding as row 0),
-    so slot ``u`` belongs to id slot ``u // B`` and hence to one field: an MLET table can project the gathered slots
-    before the per-occurrence lookup (:class:`mlet_jax.embeddings.Embeddings`). ``slot_BxS`` (-1 for padding)
-    points every occurrence at one slot holding its row, the same for all occurrences of a row, so gradients of
-    repeated ids sum into that slot; the other slots repeat a row with a zero gradient, which
-    :class:`mlet_jax.optim.RowSparse` adds as nothing.
-
-    XLA's CPU sort (``jnp.unique``) cost a sixth of a DeepFM step at batch 1024 (26,624 ids). Given a table-sized
-    int32 ``scratch_N`` (the train state holds one for tables up to ``_SCATTER_DEDUP_MAX_ROWS`` rows), every
-    occurrence instead writes its slot number into it at its row and reads back whichever slot landed there (any
-    one occurrence's: all of them hold the row). Only the batch's rows are written and read, so the scratch never
-    needs clearing: the state carries it from step to step (donated, updated in place). Without one,
-    ``jnp.unique`` groups equal rows and a ``U``-sized scatter-min picks each group's first slot; ``scratch_N`` is
-    then returned as ``None``.
-    """
-    flat = rows_BxS.T.reshape(-1)
-    valid = flat >= 0
-    safe = jnp.where(valid, flat, 0)
-    occ = jnp.arange(flat.size, dtype=jnp.int32)
-    if scratch_N is None:
-        _, group = jnp.unique(safe, size=flat.size, fill_value=0, return_inverse=True)
-        group = group.reshape(-1)
-        first_G = jnp.full((flat.size,), flat.size, jnp.int32).at[group].min(jnp.where(valid, occ, flat.size),
-                                                                            mode="promise_in_bounds")
-        slot = first_G.at[group].get(mode="promise_in_bounds")
-    else:
-        # padding writes nowhere (an out-of-range index is dropped): its slot must not stand for row 0 of field 0
-        scratch_N = scratch_N.at[jnp.where(valid, flat, scratch_N.shape[0])].set(occ, mode="drop")
-        slot = scratch_N.at[safe].get(mode="promise_in_bounds")
-    slot_BxS = jnp.where(valid, slot, -1).reshape(rows_BxS.shape[::-1]).T
-    return safe, slot_BxS, scratch_N
-
-
-def _embedding_module(model):
-    from mlet_jax.embeddings import Embeddings
-
-    return Embeddings(model.vocab_sizes, model.embedding, getattr(model, "slots", None),
-                      getattr(model, "pooling", "sum"))
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_step(trainer: Trainer, params, batch):
+    if trainer.mesh is not None:
+        batch = jax.lax.with_sharding_constraint(batch, distributed.batch_sharding(trainer.mesh))
+    logits = trainer.model.apply({"params": params}, batch["dense"], batch["ids"])
+    if trainer.mesh is not None:
+        logits = jax.lax.with_sharding_constraint(logits, distributed.replicated(trainer.mesh))
+    return logits
 
 
 # -- the fit loop ---------------------------------------------------------------------------------------------------
@@ -297,30 +362,49 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
-def prefetch(it: Iterable[dict], size: int = 2) -> Iterator[dict]:
-    """Move batches to the device in a background thread, ``size`` ahead of the consumer."""
+def prefetch(it: Iterable[dict], size: int = 2, place: Callable[[dict], Any] = jax.device_put) -> Iterator[dict]:
+    """Place batches on the device(s) with ``place`` in a background thread, ``size`` ahead of the consumer.
+
+    The thread stops and is joined on every exit path: exhaustion, an exception in the producer (re-raised here) or
+    the consumer abandoning the generator (``close()``, an exception in the loop body).
+    """
     q: queue.Queue = queue.Queue(maxsize=size)
     sentinel = object()
     err: list[BaseException] = []
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def worker():
         try:
             for b in it:
-                q.put(jax.device_put(b))
+                if not put(place(b)):
+                    return
         except BaseException as e:  # re-raised in the consumer
             err.append(e)
         finally:
-            q.put(sentinel)
+            put(sentinel)
 
-    t = threading.Thread(target=worker, daemon=True)
+    t = threading.Thread(target=worker, daemon=True, name="mlet_jax-prefetch")
     t.start()
-    while True:
-        b = q.get()
-        if b is sentinel:
-            break
-        yield b
-    if err:
-        raise err[0]
+    try:
+        while True:
+            b = q.get()
+            if b is sentinel:
+                break
+            yield b
+        if err:
+            raise err[0]
+    finally:
+        stop.set()
+        t.join()
 
 
 @dataclasses.dataclass
@@ -359,6 +443,7 @@ def fit(
     checkpoint_dir: str | None = None,
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 2,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, History]:
     """Train for ``epochs`` passes over ``train`` (the paper: one epoch).
 
@@ -371,7 +456,8 @@ def fit(
         valid: evaluated every ``eval_every`` steps and at the end of each epoch.
         eval_every: steps between evaluations (``None``: once per epoch).
         early_stopping_patience: stop after this many evaluations without a better validation AUC and return the
-            best parameters seen.
+            train state of the best evaluation: its parameters *and* optimizer state, step and RNG, all of one step
+            (a copy of the state is kept in device memory for it).
         state: resume from this state instead of initializing.
         callbacks: ``cb(step, state)`` after every step (copy what you keep: the state is donated to the next step).
         progress: show a tqdm bar.
@@ -384,14 +470,22 @@ def fit(
         checkpoint_every: steps between checkpoints (``None``: only at the end).
         keep_checkpoints: how many of the newest checkpoints to keep. A checkpoint is written only after its
             step's loss and gradient norm were checked finite, so a NaN never overwrites the last good one.
+        mesh: train on this device mesh (shorthand for ``Trainer(model, config, mesh=mesh)``; the trainer must not
+            have another mesh). With several processes every process calls ``fit`` with the same arguments and
+            reads only its rows of each batch.
     Returns:
-        The final (or best, with early stopping) state and a :class:`History`.
+        The final (or best, with early stopping) state and a :class:`History`. On a mesh the state is sharded and
+        its tables carry the padding rows (:func:`mlet_jax.models.strip_padding`).
     Raises:
         NonFiniteLossError: the loss became NaN or infinite; the message names the step (and the last good
             checkpoint when checkpointing).
     """
     from tqdm.auto import tqdm
 
+    if mesh is not None and trainer.mesh is not mesh:
+        if trainer.mesh is not None:
+            raise ValueError("fit(mesh=...) was given a trainer that already has another mesh")
+        trainer = dataclasses.replace(trainer, mesh=mesh)
     if batch_size < 1 or epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size} and {epochs}")
     if len(train) < batch_size:
@@ -400,9 +494,14 @@ def fit(
         raise ValueError("early stopping needs a validation split")
     if checkpoint_every is not None and (checkpoint_every < 1 or checkpoint_dir is None):
         raise ValueError(f"checkpoint_every must be >= 1 and needs checkpoint_dir, got {checkpoint_every}")
+    if trainer.mesh is not None:
+        distributed.process_rows(batch_size)  # raises unless the batch splits over the processes
+        if batch_size % trainer.mesh.shape[distributed.DATA]:
+            raise ValueError(f"batch_size {batch_size} does not split over the mesh's data axis "
+                             f"({trainer.mesh.shape[distributed.DATA]} devices)")
     steps_per_epoch = len(train) // batch_size
     if state is None:
-        state = trainer.init(seed, next(batches(train, batch_size, seed=seed)))
+        state = trainer.init(seed, next(batches(train, min(batch_size, 1), seed=seed)))
     ckpt, start_epoch, start_batch = None, 0, 0
     if checkpoint_dir is not None:
         state, ckpt, start_epoch, start_batch = _resume(trainer, state, checkpoint_dir, keep_checkpoints,
@@ -443,7 +542,7 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
     import itertools
 
     hist = History()
-    best_auc, best_params, bad_evals = -math.inf, None, 0
+    best_auc, best_state, bad_evals = -math.inf, None, 0
     step_fn = trainer.train_step
     start_step = int(state.step)
     done_before = start_epoch * steps_per_epoch + start_batch
@@ -452,13 +551,13 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
     last_good: list[int] = [] if ckpt is None or ckpt.latest_step() is None else [ckpt.latest_step()]
 
     def evaluate(step):
-        nonlocal best_auc, best_params, bad_evals
+        nonlocal best_auc, best_state, bad_evals
         m = trainer.evaluate(state.params, valid)
         hist.evals.append({"step": step, **m})
         if m["auc"] > best_auc:
             best_auc, bad_evals, hist.best_step = m["auc"], 0, step
-            if early_stopping_patience is not None:
-                best_params = jax.tree_util.tree_map(np.array, state.params)
+            if early_stopping_patience is not None:  # the whole state of this step: the next step donates it
+                best_state = jax.tree_util.tree_map(lambda x: x.copy(), state)
         else:
             bad_evals += 1
         return early_stopping_patience is not None and bad_evals > early_stopping_patience
@@ -496,8 +595,8 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
     for epoch in range(start_epoch, epochs):
         skip = start_batch if epoch == start_epoch else 0
         # batches() fixes the order by (seed, epoch); a resumed epoch skips the batches already trained on.
-        it = itertools.islice(batches(train, batch_size, seed=seed, epoch=epoch), skip, None)
-        for i, batch in enumerate(prefetch(it), start=skip + 1):
+        it = itertools.islice(_process_batches(trainer, train, batch_size, seed, epoch), skip, None)
+        for i, batch in enumerate(prefetch(it, place=trainer.place_batch), start=skip + 1):
             state, m = step_fn(state, batch)
             step += 1
             if step == start_step + 1:  # compile + first step: kept out of the throughput
@@ -540,9 +639,25 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
     hist.train_samples = max(step - start_step - 1, 0) * batch_size
     bar.close()
     hist.stopped_early = stop
-    if best_params is not None:
-        state = state.replace(params=jax.tree_util.tree_map(jnp.asarray, best_params))
+    if best_state is not None:
+        state = best_state
     return state, hist
+
+
+def _process_batches(trainer: Trainer, train: Split, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
+    """The epoch's batches, each as this process's rows only (all rows with one process)."""
+    if trainer.mesh is None or jax.process_count() == 1:
+        yield from batches(train, batch_size, seed=seed, epoch=epoch)
+        return
+    from mlet_jax.data.base import epoch_order
+
+    lo, hi = distributed.process_rows(batch_size)
+    order = epoch_order(len(train), seed=seed, shuffle=True, epoch=epoch)
+    for start in range(0, (len(train) // batch_size) * batch_size, batch_size):
+        # the same rows, in the same order, as batches() puts at lo:hi of the global batch
+        idx = np.sort(order[start:start + batch_size])[lo:hi]
+        yield {"dense": np.asarray(train.dense[idx], np.float32), "ids": np.asarray(train.ids[idx], np.int32),
+               "label": np.asarray(train.label[idx], np.float32)}
 
 
 @jax.jit

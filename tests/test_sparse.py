@@ -99,19 +99,17 @@ def test_row_sparse_rejects_inexact_optimizers():
 
 
 def test_sort_based_dedup_equals_dense(monkeypatch):
-    # Tables above _SCATTER_DEDUP_MAX_ROWS rows deduplicate through jnp.unique's sort instead of the scatter-min
-    # scratch array; force that path on a small table so it is checked too.
-    import mlet_jax.training as training
+    # Tables above SCATTER_DEDUP_MAX_ROWS rows deduplicate through jnp.unique's sort instead of the scatter-min
+    # scratch array; force that path on a small table so it is checked too (Trainer.init then makes a state without
+    # a dedup scratch, and the step compiles the sort path for that state structure).
+    import mlet_jax.row_sparse as row_sparse
 
-    monkeypatch.setattr(training, "_SCATTER_DEDUP_MAX_ROWS", 0)
-    training._STEP_CACHE.clear()
-    try:
-        data = _batches(8, slots=(1, 3, 2, 1))
-        model = _model("mlet", (1, 3, 2, 1))
-        opt = OptimizerSpec("adagrad", 0.05)
-        dense = _train(model, TrainConfig(optimizer=opt, sparse_tables=False), data)
-        sparse = _train(model, TrainConfig(optimizer=opt, sparse_tables=True), data)
-        for d, s in zip(jax.tree_util.tree_leaves(dense), jax.tree_util.tree_leaves(sparse), strict=True):
-            np.testing.assert_allclose(s, d, atol=1e-6, rtol=0)
-    finally:
-        training._STEP_CACHE.clear()  # later tests must compile the default (scatter) path again
+    monkeypatch.setattr(row_sparse, "SCATTER_DEDUP_MAX_ROWS", 0)
+    data = _batches(8, slots=(1, 3, 2, 1))
+    model = _model("mlet", (1, 3, 2, 1))
+    opt = OptimizerSpec("adagrad", 0.05)
+    assert Trainer(model, TrainConfig(optimizer=opt)).init(0, data[0]).dedup is None
+    dense = _train(model, TrainConfig(optimizer=opt, sparse_tables=False), data)
+    sparse = _train(model, TrainConfig(optimizer=opt, sparse_tables=True), data)
+    for d, s in zip(jax.tree_util.tree_leaves(dense), jax.tree_util.tree_leaves(sparse), strict=True):
+        np.testing.assert_allclose(s, d, atol=1e-6, rtol=0)

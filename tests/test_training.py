@@ -84,12 +84,19 @@ def test_early_stopping_returns_best(ds):
 
 
 def test_fit_compiles_the_train_step_once(ds):
-    # Two epochs, validation in between: one compiled step (same shapes and dtypes every batch, no retrace).
+    # Two epochs, validation in between: one compiled step (same shapes and dtypes every batch, no retrace). The
+    # step is one module-level jit with the trainer static, so its cache grows by one entry for a new trainer, and
+    # an equal trainer (a seed sweep) reuses it.
+    from mlet_jax.training import _train_step
+
     tr = Trainer(small_dlrm(ds, "mlet", d=3), TrainConfig(OptimizerSpec("adagrad", 0.02)))
-    assert tr.train_step._cache_size() == 0
+    before = _train_step._cache_size()
     state, h = fit(tr, ds.train.take(slice(0, 640)), batch_size=64, epochs=2, seed=1, valid=ds.valid, progress=False)
     assert int(state.step) == 20 and len(h.evals) == 2
-    assert tr.train_step._cache_size() == 1
+    assert _train_step._cache_size() == before + 1
+    twin = Trainer(small_dlrm(ds, "mlet", d=3), TrainConfig(OptimizerSpec("adagrad", 0.02)))
+    fit(twin, ds.train.take(slice(0, 640)), batch_size=64, seed=2, progress=False)
+    assert twin is not tr and _train_step._cache_size() == before + 1
 
 
 def test_nan_loss_stops_with_step(ds):

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+from flax import traverse_util
 
 from mlet_jax.embeddings import EmbeddingSpec, collapse
 from mlet_jax.models.autoint import AutoInt
@@ -36,7 +37,7 @@ def build_model(name: str, schema, embedding: EmbeddingSpec, **overrides: Any) -
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     cls = MODELS[name]
-    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "row_multiple"}
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"model {name!r} has no setting(s) {sorted(unknown)}; it has {sorted(fields)}")
@@ -44,16 +45,29 @@ def build_model(name: str, schema, embedding: EmbeddingSpec, **overrides: Any) -
                slots=schema.bag_sizes, pooling=schema.bag_pooling, **overrides)
 
 
+def strip_padding(model: nn.Module, params) -> tuple[nn.Module, dict]:
+    """The unpadded model and parameters: tables padded to a device multiple (``row_multiple``) lose the padding
+    rows (never indexed, so the logits are the same)."""
+    if model.row_multiple == 1:
+        return model, params
+    n = int(sum(model.vocab_sizes))
+    flat = traverse_util.flatten_dict(dict(params))
+    for path in model.embedding_stage().table_paths:
+        flat[path] = flat[path][:n]
+    return model.clone(row_multiple=1), traverse_util.unflatten_dict(flat)
+
+
 def collapse_model(model: nn.Module, params) -> tuple[nn.Module, dict]:
-    """The single-layer model and parameters that an MLET-trained model collapses into.
+    """The single-layer, unpadded model and parameters that a trained model serves with.
 
     Every sub-tree holding an MLET ``table`` and its ``projection`` is multiplied out; first-order (``linear``)
-    tables are single-layer already and stay as they are.
+    tables are single-layer already and stay as they are; device padding rows are dropped.
     """
+    model, params = strip_padding(model, params)
     if model.embedding.kind == "single":
         return model, params
     return model.clone(embedding=model.embedding.collapsed()), collapse(params, model.vocab_sizes)
 
 
 __all__ = ["MODELS", "AutoInt", "DCN", "DLRM", "DeepFM", "NFM", "WDL", "XDeepFM", "build_model", "collapse_model",
-           "paper_embedding", "paper_train_config"]
+           "paper_embedding", "paper_train_config", "strip_padding"]

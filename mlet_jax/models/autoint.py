@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlet_jax.embeddings import Features
 from mlet_jax.models._deepctr import DeepCTRModel
 from mlet_jax.models.layers import InteractingLayer, deep_input, head
 
@@ -32,11 +33,10 @@ class AutoInt(DeepCTRModel):
     att_res: bool = True
 
     @nn.compact
-    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
-                 train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
         if not self.dnn and not self.att_layer_num:
             raise ValueError("AutoInt needs a DNN or at least one interacting layer")
-        emb_BxFxD = self.embed(ids_BxS, ids_are_rows)
+        emb_BxFxD = features.emb_BxFxD
         parts = []
         if self.att_layer_num:
             h_BxFxE = emb_BxFxD
@@ -47,4 +47,4 @@ class AutoInt(DeepCTRModel):
         if self.dnn:
             parts.append(self.deep(deep_input(emb_BxFxD, dense_BxD), train))
         out_B = head(jnp.concatenate(parts, axis=1), "dnn_linear", self.param_dtype)
-        return self.first_order(dense_BxD, ids_BxS, ids_are_rows) + out_B
+        return self.first_order(features) + out_B

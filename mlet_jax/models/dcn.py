@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mlet_jax.embeddings import Features
 from mlet_jax.models._deepctr import DeepCTRModel
 from mlet_jax.models.layers import CrossNet, deep_input, head
 
@@ -27,11 +28,10 @@ class DCN(DeepCTRModel):
     cross_num: int = 2
 
     @nn.compact
-    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
-                 train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
         if not self.dnn and not self.cross_num:
             raise ValueError("DCN needs a DNN or at least one cross layer")
-        emb_BxFxD = self.embed(ids_BxS, ids_are_rows)
+        emb_BxFxD = features.emb_BxFxD
         x0_BxN = deep_input(emb_BxFxD, dense_BxD)
         parts = []
         if self.cross_num:
@@ -39,4 +39,4 @@ class DCN(DeepCTRModel):
         if self.dnn:
             parts.append(self.deep(x0_BxN, train))
         out_B = head(jnp.concatenate(parts, axis=1), "dnn_linear", self.param_dtype)
-        return self.first_order(dense_BxD, ids_BxS, ids_are_rows) + out_B
+        return self.first_order(features) + out_B

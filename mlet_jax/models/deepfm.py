@@ -14,6 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from mlet_jax.embeddings import Features
 from mlet_jax.models._deepctr import DeepCTRModel
 from mlet_jax.models.layers import deep_input, fm_interaction, head
 
@@ -25,10 +26,9 @@ class DeepFM(DeepCTRModel):
     use_fm: bool = True
 
     @nn.compact
-    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
-                 train: bool = False) -> jax.Array:
-        emb_BxFxD = self.embed(ids_BxS, ids_are_rows)
-        logit_B = self.first_order(dense_BxD, ids_BxS, ids_are_rows)
+    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+        emb_BxFxD = features.emb_BxFxD
+        logit_B = self.first_order(features)
         if self.use_fm:
             logit_B = logit_B + fm_interaction(emb_BxFxD)
         if self.dnn:

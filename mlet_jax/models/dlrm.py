@@ -16,36 +16,27 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mlet_jax.embeddings import Embeddings, EmbeddingSpec
+from mlet_jax.embeddings import Features
+from mlet_jax.models.base import CTRModel
 from mlet_jax.models.layers import MLP, dot_interaction
 
 CRITEO_BOTTOM = (512, 256, 128)
 AVAZU_BOTTOM = (256, 128)
 
 
-class DLRM(nn.Module):
+class DLRM(CTRModel):
     """DLRM: ``(dense [B, num_dense], ids [B, S]) -> logits [B]``."""
 
-    vocab_sizes: tuple[int, ...]
-    num_dense: int
-    embedding: EmbeddingSpec
     bottom_mlp: tuple[int, ...] = CRITEO_BOTTOM
     top_mlp: tuple[int, ...] = (512, 256)
-    slots: tuple[int, ...] | None = None
-    pooling: str = "sum"
-    param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
-                 train: bool = False) -> jax.Array:
-        emb_BxFxD = Embeddings(self.vocab_sizes, self.embedding, self.slots, self.pooling, self.param_dtype,
-                               name="embeddings")(ids_BxS, ids_are_rows=ids_are_rows)
+    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+        emb_BxFxD = features.emb_BxFxD
         vecs = emb_BxFxD
         parts = []
         if self.num_dense:

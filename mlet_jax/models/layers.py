@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlet_jax.embeddings import Embeddings, EmbeddingSpec
+from mlet_jax.embeddings import FirstOrder
 
 
 def dlrm_dense_init(key, shape, dtype=jnp.float32):
@@ -249,31 +249,5 @@ class InteractingLayer(nn.Module):
         return nn.relu(out_BxFxE)
 
 
-class Linear(nn.Module):
-    """First-order (wide) part: ``sum_f w[id_f] + dense @ w_dense``, ``-> [B]``.
-
-    The id weights are an un-factorized width-1 table over the same fused rows as the embeddings (leaf
-    ``embeddings/table``, so the row-sparse optimizer updates it like any table); MLET never factorizes it, as in the
-    authors' code. Bag fields pool their weights like the embeddings do. ``dense`` weights exist only when
-    ``num_dense > 0``. DeepCTR-Torch initializes both N(0, 1e-4) (``table_init="normal"``, ``std=1e-4``);
-    ``table_init="uniform"`` gives U(+-1/sqrt(n_field)) to the table.
-    """
-
-    vocab_sizes: tuple[int, ...]
-    num_dense: int
-    slots: tuple[int, ...] | None = None
-    pooling: str = "sum"
-    table_init: str = "normal"
-    std: float = 1e-4
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, dense_BxN: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False) -> jax.Array:
-        spec = EmbeddingSpec(kind="single", dim=1, table_init=self.table_init, table_std=self.std)
-        w_BxFx1 = Embeddings(self.vocab_sizes, spec, self.slots, self.pooling, self.param_dtype,
-                             name="embeddings")(ids_BxS, ids_are_rows=ids_are_rows)
-        logit_B = w_BxFx1.sum(axis=(1, 2))
-        if self.num_dense:
-            w_N = self.param("dense", nn.initializers.normal(self.std), (self.num_dense,), self.param_dtype)
-            logit_B = logit_B + dense_BxN.astype(self.param_dtype) @ w_N
-        return logit_B
+# The first-order (wide) part belongs to the embedding stage, which owns every table; kept here under its old name.
+Linear = FirstOrder

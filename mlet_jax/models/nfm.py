@@ -15,6 +15,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from mlet_jax.embeddings import Features
 from mlet_jax.models._deepctr import DeepCTRModel
 from mlet_jax.models.layers import bi_interaction, deep_input, head
 
@@ -26,13 +27,12 @@ class NFM(DeepCTRModel):
     bi_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
-                 train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
         if not self.dnn:
             raise ValueError("NFM needs at least one DNN layer")
-        emb_BxFxD = self.embed(ids_BxS, ids_are_rows)
+        emb_BxFxD = features.emb_BxFxD
         bi_BxD = bi_interaction(emb_BxFxD)
         if self.bi_dropout and train:
             bi_BxD = nn.Dropout(self.bi_dropout, deterministic=False)(bi_BxD)
         deep_BxH = self.deep(deep_input(bi_BxD[:, None, :], dense_BxD), train)
-        return self.first_order(dense_BxD, ids_BxS, ids_are_rows) + head(deep_BxH, "dnn_linear", self.param_dtype)
+        return self.first_order(features) + head(deep_BxH, "dnn_linear", self.param_dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from mlet_jax.embeddings import Features
 from mlet_jax.models._deepctr import DeepCTRModel
 from mlet_jax.models.layers import deep_input, head
 
@@ -24,10 +25,9 @@ class WDL(DeepCTRModel):
     dnn: tuple[int, ...] = (256, 128)
 
     @nn.compact
-    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
-                 train: bool = False) -> jax.Array:
-        emb_BxFxD = self.embed(ids_BxS, ids_are_rows)
-        logit_B = self.first_order(dense_BxD, ids_BxS, ids_are_rows)
+    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+        emb_BxFxD = features.emb_BxFxD
+        logit_B = self.first_order(features)
         if self.dnn:
             logit_B = logit_B + head(self.deep(deep_input(emb_BxFxD, dense_BxD), train), "dnn_linear",
                                      self.param_dtype)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from mlet_jax.embeddings import Features
 from mlet_jax.models._deepctr import DeepCTRModel
 from mlet_jax.models.layers import CIN, deep_input, head
 
@@ -27,10 +28,9 @@ class XDeepFM(DeepCTRModel):
     cin_split_half: bool = True
 
     @nn.compact
-    def __call__(self, dense_BxD: jax.Array, ids_BxS: jax.Array, *, ids_are_rows: bool = False,
-                 train: bool = False) -> jax.Array:
-        emb_BxFxD = self.embed(ids_BxS, ids_are_rows)
-        logit_B = self.first_order(dense_BxD, ids_BxS, ids_are_rows)
+    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+        emb_BxFxD = features.emb_BxFxD
+        logit_B = self.first_order(features)
         if self.cin_layer_size:
             cin_BxM = CIN(self.cin_layer_size, self.cin_split_half, self.param_dtype, name="cin")(emb_BxFxD)
             logit_B = logit_B + head(cin_BxM, "cin_linear", self.param_dtype)
