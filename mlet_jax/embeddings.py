@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry2x32_p
 
 KINDS = ("single", "mlet")
 INITS = ("uniform", "normal", "xavier")
@@ -94,34 +95,91 @@ def padded_rows(n_rows: int, multiple: int) -> int:
     return -(-int(n_rows) // int(multiple)) * int(multiple)
 
 
+# Rows generated per loop iteration of a table's init: the counter-based generator's temporaries are this many rows,
+# never the table (a single jax.random draw over [n, k] holds two table-sized uint32 buffers on CPU).
+INIT_CHUNK_ROWS = 1 << 16
+
+
+def _uniform_bits(key_data, rows_R: jax.Array, width: int, dtype) -> jax.Array:
+    """U[-1, 1) values ``[R, width]`` that depend only on (key, row, column): threefry2x32 of the counter pair."""
+    cols = jnp.arange(width, dtype=jnp.uint32)
+    x1 = jnp.broadcast_to(rows_R.astype(jnp.uint32)[:, None], (rows_R.shape[0], width))
+    x2 = jnp.broadcast_to(cols[None, :], (rows_R.shape[0], width))
+    bits, _ = threefry2x32_p.bind(key_data[0], key_data[1], x1, x2)
+    # 23 random mantissa bits under exponent 0: a float in [1, 2), then [0, 1) and [-1, 1)
+    one_two = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32)
+    return (2.0 * (one_two - 1.0) - 1.0).astype(dtype)
+
+
+def _row_generated(key, shape, dtype, values_fn):
+    """A ``[n_rows, width]`` array whose row ``r`` is ``values_fn(key_data, rows)[r]``, generated chunk by chunk.
+
+    Values depend only on the key and the global row, so they are the same on one device and on a mesh: inside
+    ``jax.set_mesh`` (how :class:`mlet_jax.training.Trainer` initializes on a mesh) each device generates only its
+    own row block (``shard_map``), so no device ever holds the whole table and peak memory is the table itself.
+    """
+    n_rows, width = shape
+    key_data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+    def fill(kd, row0, n_local, axes=()):
+        chunk = min(INIT_CHUNK_ROWS, n_local)
+        out = jnp.zeros((n_local, width), dtype)
+        if axes:  # inside shard_map every device's rows differ: mark the buffer and key as varying over the mesh
+            out, kd = jax.lax.pcast(out, axes, to="varying"), jax.lax.pcast(kd, axes, to="varying")
+
+        def body(c, out):
+            start = jnp.minimum(c * chunk, n_local - chunk)  # the last chunk overlaps: it rewrites the same values
+            rows = row0 + start + jnp.arange(chunk, dtype=jnp.int32)
+            return jax.lax.dynamic_update_slice(out, values_fn(kd, rows).astype(dtype), (start, 0))
+
+        return jax.lax.fori_loop(0, -(-n_local // chunk), body, out)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or n_rows % mesh.size:
+        return fill(key_data, 0, n_rows)
+    axes = tuple(mesh.axis_names)
+
+    def local(kd):
+        return fill(kd, jax.lax.axis_index(axes) * (n_rows // mesh.size), n_rows // mesh.size, axes)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(),),
+                         out_specs=jax.sharding.PartitionSpec(axes))(key_data)
+
+
 def table_init(kind: str, vocab_sizes: Sequence[int], std: float = 1e-4):
     """A Flax initializer for a fused ``[n_rows, width]`` table with a per-field scale.
 
-    ``n_rows`` may exceed ``sum(vocab_sizes)`` (tables padded to a multiple of the device count): the real rows are
-    the same numbers as without padding and the padding rows are zero (no id ever indexes them).
+    ``"uniform"``: U(+-1/sqrt(n_field)); ``"xavier"``: U(+-sqrt(6 / (n_field + width))); ``"normal"``: N(0, std).
+    Values come from a counter-based generator (threefry2x32 of (row, column) under the parameter key), written
+    chunk by chunk, so initialization needs no memory beyond the table and gives the same numbers on any number of
+    devices. ``n_rows`` may exceed ``sum(vocab_sizes)`` (tables padded to a multiple of the device count): the
+    padding rows are zero and no id ever indexes them.
     """
+    counts = np.asarray(vocab_sizes, np.int64)
+    n = int(counts.sum())
+    ends_F = np.cumsum(counts)
 
     def init(key, shape, dtype=jnp.float32):
         n_rows, width = shape
-        counts = np.asarray(vocab_sizes, np.int64)
-        n = int(counts.sum())
         if n_rows < n:
             raise ValueError(f"a table of {n_rows} rows cannot hold the {n} rows of vocab_sizes")
-        if kind == "normal":
-            x = std * jax.random.normal(key, (n, width), dtype)
+        if kind == "uniform":
+            bound_F = 1.0 / np.sqrt(counts.astype(np.float64))
+        elif kind == "xavier":  # torch xavier_uniform on a [n_field, width] weight
+            bound_F = np.sqrt(6.0 / (counts + width))
         else:
-            if kind == "uniform":
-                bound_F = 1.0 / np.sqrt(counts.astype(np.float64))
-            else:  # xavier: torch xavier_uniform on a [n_field, width] weight
-                bound_F = np.sqrt(6.0 / (counts + width))
-            # one draw, and each row's field bound looked up from an F-sized constant at run time: XLA fuses the
-            # draw and the scaling into one pass that writes the table once (a per-row [n] constant would bloat
-            # the HLO; scaling field slices and concatenating them needs a second table-sized buffer)
-            field_N = jnp.searchsorted(jnp.asarray(np.cumsum(counts), jnp.int32), jnp.arange(n, dtype=jnp.int32),
-                                       side="right")
-            scale_N = jnp.asarray(bound_F, dtype)[field_N]
-            x = jax.random.uniform(key, (n, width), dtype, -1.0, 1.0) * scale_N[:, None]
-        return x if n_rows == n else jnp.pad(x, ((0, n_rows - n), (0, 0)))
+            bound_F = np.full(len(counts), std)
+
+        def values(kd, rows_R):
+            u_RxW = _uniform_bits(kd, rows_R, width, jnp.float32)
+            if kind == "normal":  # inverse-CDF normal from U(-1, 1), as jax.random.normal
+                u_RxW = np.sqrt(2.0) * jax.lax.erf_inv(jnp.maximum(u_RxW, np.nextafter(np.float32(-1), 0)))
+            # each row's field scale from an F-sized constant (a per-row [n] constant would bloat the HLO)
+            field_R = jnp.searchsorted(jnp.asarray(ends_F, jnp.int32), rows_R, side="right")
+            scale_R = jnp.where(rows_R < n, jnp.asarray(np.append(bound_F, 0.0), jnp.float32)[field_R], 0.0)
+            return u_RxW * scale_R[:, None]
+
+        return _row_generated(key, (n_rows, width), dtype, values)
 
     return init
 

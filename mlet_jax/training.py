@@ -158,7 +158,7 @@ class Trainer:
         """The model's parameters from ``seed_or_key`` (placed with their shardings on a mesh)."""
         key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
         dense, ids = _example(batch)
-        return _init_params(self, key, dense, ids)
+        return _on_mesh(self, _init_params, key, dense, ids)
 
     def init(self, seed_or_key, batch: dict, params: dict | None = None) -> TrainState:
         """A fresh train state (parameters from ``seed_or_key`` unless ``params`` is given).
@@ -170,8 +170,8 @@ class Trainer:
         key, rng = jax.random.split(key)
         dense, ids = _example(batch)
         if params is None:
-            return _init_state(self, key, rng, dense, ids)
-        return _state_from_params(self, params, rng)
+            return _on_mesh(self, _init_state, key, rng, dense, ids)
+        return _on_mesh(self, _state_from_params, params, rng)
 
     def _dense_tx(self) -> optax.GradientTransformation:
         if self.config.sparse:
@@ -317,9 +317,22 @@ def _example(batch: dict):
 
 
 # One jit each, the trainer static: JAX's own cache compiles once per equal (model, config, mesh) and input shapes.
+def _on_mesh(trainer: Trainer, fn, *args):
+    """Run a jitted init under ``jax.set_mesh``, so that tables are generated row block by row block on the devices
+    that own them (:func:`mlet_jax.embeddings.table_init`)."""
+    if trainer.mesh is None:
+        return fn(trainer, *args)
+    with jax.set_mesh(trainer.mesh):
+        return fn(trainer, *args)
+
+
+def _model_init(trainer: Trainer, key, dense, ids):
+    return trainer.model.init(key, dense, ids)["params"]
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _init_params(trainer: Trainer, key, dense, ids):
-    params = trainer.model.init(key, dense, ids)["params"]
+    params = _model_init(trainer, key, dense, ids)
     if trainer.mesh is not None:
         params = jax.lax.with_sharding_constraint(params, trainer.param_shardings(params))
     return params
@@ -327,7 +340,7 @@ def _init_params(trainer: Trainer, key, dense, ids):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init_state(trainer: Trainer, key, rng, dense, ids) -> TrainState:
-    params = trainer.model.init(key, dense, ids)["params"]
+    params = _model_init(trainer, key, dense, ids)
     opt_state, table_opt, dedup = trainer._opt_states(params)
     return trainer._constrain(TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
                                          table_opt_state=table_opt, dedup=dedup, rng=rng))

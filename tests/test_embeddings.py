@@ -112,3 +112,35 @@ def test_param_count_formula():
     p = Embeddings(VOCAB, spec).init(jax.random.key(0), np.zeros((1, 3), np.int32))["params"]
     assert count_params(p) == embedding_param_count(VOCAB, spec) == 345 * 16 + 3 * 16 * 4
     assert count_params(collapse({"e": p}, VOCAB)) == 345 * 4
+
+
+def test_table_init_is_chunk_and_padding_invariant_and_has_the_right_law(monkeypatch):
+    # The counter-based generator writes tables chunk by chunk (bounded memory); the values depend on (key, row,
+    # column) only, so the chunk size and device padding change nothing, and the law is the stated one.
+    from scipy import stats
+
+    import mlet_jax.embeddings as emb
+
+    vocab, ids = (3, 2000, 517), np.zeros((1, 3), np.int32)
+    key = jax.random.key(7)
+
+    def table(**kw):
+        spec = EmbeddingSpec("single", 6, **kw)
+        return np.asarray(Embeddings(vocab, spec).init(key, ids)["params"]["table"])
+
+    ref = table()
+    monkeypatch.setattr(emb, "INIT_CHUNK_ROWS", 7)  # 360 chunks, the last one overlapping
+    np.testing.assert_array_equal(table(), ref)
+    padded = np.asarray(Embeddings(vocab, EmbeddingSpec("single", 6), row_multiple=16).init(key, ids)
+                        ["params"]["table"])
+    assert padded.shape == (2528, 6)
+    np.testing.assert_array_equal(padded[:2520], ref)
+    assert not padded[2520:].any()
+    bound = np.repeat(1 / np.sqrt(np.asarray(vocab, np.float64)), vocab)
+    u = ref / bound[:, None]
+    assert stats.kstest(u.ravel(), stats.uniform(-1, 2).cdf).pvalue > 1e-3
+    five_sigma = 5 / np.sqrt(len(u))  # neighbouring columns and rows uncorrelated (correlation's sd is 1/sqrt(n))
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < five_sigma
+    assert abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < five_sigma
+    z = table(table_init="normal", table_std=0.5) / 0.5
+    assert stats.kstest(z.ravel(), stats.norm.cdf).pvalue > 1e-3
