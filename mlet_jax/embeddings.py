@@ -416,11 +416,12 @@ def collapse_table(table_NxK: jax.Array, projection_FxKxD: jax.Array, vocab_size
     """Multiply each field's rows by its projection: ``[n_total, k] -> [n_total, d]``."""
     if table_NxK.shape[0] < sum(vocab_sizes):
         raise ValueError(f"table has {table_NxK.shape[0]} rows but vocab_sizes sum to {sum(vocab_sizes)}")
-    # rows past sum(vocab_sizes) are device padding (never indexed): the collapsed table drops them
     out, lo = [], 0
     for f, n in enumerate(vocab_sizes):
         out.append(table_NxK[lo:lo + n] @ projection_FxKxD[f])
         lo += n
+    if lo < table_NxK.shape[0]:  # device padding rows (never indexed) stay zero rows
+        out.append(jnp.zeros((table_NxK.shape[0] - lo, projection_FxKxD.shape[-1]), out[0].dtype))
     return jnp.concatenate(out, axis=0)
 
 

@@ -6,6 +6,12 @@
 The last line printed (and the file ``--out``) is one JSON object with the test AUC, LogLoss and PR-AUC, training
 samples/s, parameter counts at training and inference time, the collapse check, and every setting of the run.
 :func:`run` does the same from Python and is what the experiments call.
+
+Many devices: ``--mesh data=8`` (or ``data=4,model=2``) trains on a device mesh (tables split by rows over every
+device, the batch over ``data``). Several hosts: start one process per host with the same arguments plus
+``--coordinator-address HOST:PORT --num-processes N --process-id I`` (or JAX's own cluster environment); every
+process reads only its rows of each batch, and process 0 writes ``--out``. ``--checkpoint-dir`` saves (every
+``--checkpoint-every`` steps and at the end) and resumes exactly from the newest checkpoint there.
 """
 
 from __future__ import annotations
@@ -57,6 +63,9 @@ class RunConfig:
     eval_every: int | None = None
     early_stopping_patience: int | None = None
     eval_batch_size: int = 8192
+    mesh: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
 
     def __post_init__(self):
         if self.embedding not in ("single", "mlet"):
@@ -67,6 +76,12 @@ class RunConfig:
             raise ValueError("--epochs, --batch-size and --d must be >= 1")
         if self.table_lr_mult <= 0:
             raise ValueError(f"--table-lr-mult must be > 0, got {self.table_lr_mult}")
+        if self.mesh is not None:
+            from mlet_jax.distributed import parse_mesh
+
+            parse_mesh(self.mesh)
+        if self.checkpoint_every is not None and (self.checkpoint_every < 1 or self.checkpoint_dir is None):
+            raise ValueError(f"--checkpoint-every must be >= 1 and needs --checkpoint-dir, got {self.checkpoint_every}")
 
     @property
     def optimizer_spec(self) -> OptimizerSpec:
@@ -115,22 +130,24 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
     holds ``"_state"``, ``"_trainer"`` and ``"_dataset"`` for further analysis (not JSON-serializable).
     ``callbacks`` go to :func:`mlet_jax.training.fit` (``cb(step, state)`` after every step).
     """
+    from mlet_jax.distributed import make_mesh, parse_mesh
     from mlet_jax.models import build_model, collapse_model
 
     ds = dataset if dataset is not None else load(cfg)
     model = build_model(cfg.model, ds.schema, cfg.embedding_spec, **dict(cfg.model_options))
-    trainer = Trainer(model, cfg.train_config)
+    mesh = make_mesh(**parse_mesh(cfg.mesh)) if cfg.mesh else None
+    trainer = Trainer(model, cfg.train_config, mesh=mesh)
     t0 = time.perf_counter()
     state, hist = fit(trainer, ds.train, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                       valid=ds.valid, eval_every=cfg.eval_every,
                       early_stopping_patience=cfg.early_stopping_patience, progress=progress,
-                      callbacks=callbacks)
+                      callbacks=callbacks, checkpoint_dir=cfg.checkpoint_dir, checkpoint_every=cfg.checkpoint_every)
     wall = time.perf_counter() - t0
     logits = trainer.predict(state.params, ds.test, cfg.eval_batch_size)
     from mlet_jax.metrics import binary_metrics
 
     test = binary_metrics(ds.test.label, logits)
-    served_model, served_params = collapse_model(model, state.params)
+    served_model, served_params = collapse_model(trainer.model, state.params)
     rec: dict[str, Any] = {
         "test_auc": test["auc"], "test_logloss": test["logloss"], "test_pr_auc": test["pr_auc"],
         "valid": hist.evals[-1] if hist.evals else None,
@@ -145,11 +162,15 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
         "settings": cfg.resolved(),
         "dataset_meta": {k: v for k, v in ds.meta.items() if not isinstance(v, np.ndarray)},
         "machine": {"platform": platform.platform(), "backend": jax.default_backend(),
-                    "devices": len(jax.devices()), "cpus": os.cpu_count(), "jax": jax.__version__},
+                    "devices": len(jax.devices()), "processes": jax.process_count(),
+                    "mesh": dict(mesh.shape) if mesh is not None else None,
+                    "cpus": os.cpu_count(), "jax": jax.__version__},
     }
     if cfg.embedding == "mlet":
         n = min(len(ds.test), 4096)
-        served = Trainer(served_model, cfg.train_config).predict(served_params, ds.test.take(slice(0, n)))
+        # the collapsed model on the same devices as the trained one (padded tables on a mesh)
+        check_model, check_params = collapse_model(trainer.model, state.params, strip=False)
+        served = Trainer(check_model, cfg.train_config, mesh=mesh).predict(check_params, ds.test.take(slice(0, n)))
         rec["collapse_max_abs_diff"] = float(np.max(np.abs(served - logits[:n])))
     if keep_state:
         rec.update(_state=state, _trainer=trainer, _dataset=ds, _test_logits=logits)
@@ -212,24 +233,64 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
     p.add_argument("--early-stopping", type=int, default=None, dest="early_stopping_patience",
                    help="stop after this many evaluations without a better validation AUC")
-    p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--mesh", default=None, metavar="data=N[,model=M]",
+                   help="train on a device mesh: the batch over 'data', table rows over every device "
+                        "(default: one device)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="save the train state here and resume from its newest checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: the end)")
+    g = p.add_argument_group("several processes (jax.distributed; default: JAX's own cluster discovery when "
+                             "--num-processes is given without an address, else one process)")
+    g.add_argument("--coordinator-address", default=None, metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", type=int, default=None)
+    g.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the JSON result here (process 0 only)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
+def _check_out(path: str) -> None:
+    """Fail before training when ``--out`` cannot be written (a folder, a missing or unwritable parent)."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {path!r} is a folder; give a file name")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {path!r}: its folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {path!r}: its folder {str(parent)!r} is not writable")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     kw = {k: v for k, v in vars(args).items() if k in fields}
     kw["data_options"] = tuple(args.data_option)
     kw["model_options"] = tuple(args.model_option)
     try:
         cfg = RunConfig(**kw)
+        if args.out:
+            _check_out(args.out)
+        n_proc = args.num_processes
+        if (n_proc is not None and n_proc < 1) or (args.process_id is not None and args.process_id < 0):
+            raise ValueError(f"--num-processes must be >= 1 and --process-id >= 0, got {n_proc} and "
+                             f"{args.process_id}")
+        if args.coordinator_address is not None and (n_proc is None or args.process_id is None):
+            raise ValueError("--coordinator-address needs --num-processes and --process-id")
+        if n_proc is not None and args.process_id is not None and args.process_id >= n_proc:
+            raise ValueError(f"--process-id must be < --num-processes ({n_proc}), got {args.process_id}")
     except ValueError as e:
-        parser().error(str(e))
+        p.error(str(e))
+    if (args.num_processes or 1) > 1 or args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        from mlet_jax.distributed import initialize
+
+        initialize(args.coordinator_address, args.num_processes, args.process_id)
     rec = run(cfg, progress=not args.no_progress)
     text = json.dumps(rec, default=float)
-    if args.out:
+    if args.out and jax.process_index() == 0:
         atomic_write_text(args.out, text + "\n")
     print(text)
     return rec

@@ -57,16 +57,16 @@ def strip_padding(model: nn.Module, params) -> tuple[nn.Module, dict]:
     return model.clone(row_multiple=1), traverse_util.unflatten_dict(flat)
 
 
-def collapse_model(model: nn.Module, params) -> tuple[nn.Module, dict]:
+def collapse_model(model: nn.Module, params, strip: bool = True) -> tuple[nn.Module, dict]:
     """The single-layer, unpadded model and parameters that a trained model serves with.
 
     Every sub-tree holding an MLET ``table`` and its ``projection`` is multiplied out; first-order (``linear``)
-    tables are single-layer already and stay as they are; device padding rows are dropped.
+    tables are single-layer already and stay as they are; device padding rows are dropped (``strip=False`` keeps
+    them, to run the collapsed model on the same mesh).
     """
-    model, params = strip_padding(model, params)
-    if model.embedding.kind == "single":
-        return model, params
-    return model.clone(embedding=model.embedding.collapsed()), collapse(params, model.vocab_sizes)
+    if model.embedding.kind != "single":
+        model, params = model.clone(embedding=model.embedding.collapsed()), collapse(params, model.vocab_sizes)
+    return strip_padding(model, params) if strip else (model, params)
 
 
 __all__ = ["MODELS", "AutoInt", "DCN", "DLRM", "DeepFM", "NFM", "WDL", "XDeepFM", "build_model", "collapse_model",
