@@ -9,7 +9,8 @@ Commands (the BENCHMARKS.md numbers)::
 
     .venv/bin/python -m experiments.bench_init_memory --vocab scaled     # 4.5M rows: ~2.2 GiB state, ~1 min
     .venv/bin/python -m experiments.bench_init_memory --vocab criteo --steps 10 --batch 2048
-                                                                          # 33.8M rows: ~17 GB state, ~5 min
+                                                                          # 33.8M rows: ~17 GB state, ~2 min
+    .venv/bin/python -m experiments.bench_init_memory --vocab scaled --devices 8   # the same on an 8-device mesh
 
 ``--vocab criteo`` uses the 26 Criteo-Kaggle DLRM table sizes (33,762,577 rows); ``scaled`` the same sizes scaled to
 4.5M rows. The acceptance bar (issue 13): init peak <= 1.3x the state's bytes, and the Criteo-size run must fit a
@@ -46,10 +47,11 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _case(vocab_name: str, steps: int, batch: int) -> dict:
+def _case(vocab_name: str, steps: int, batch: int, devices: int) -> dict:
     import jax
     import numpy as np
 
+    from mlet_jax.distributed import make_mesh
     from mlet_jax.embeddings import EmbeddingSpec
     from mlet_jax.models.dlrm import DLRM
     from mlet_jax.optim import OptimizerSpec
@@ -71,7 +73,9 @@ def _case(vocab_name: str, steps: int, batch: int) -> dict:
     jax.block_until_ready(warm.train_step(warm.init(0, b), b))
     base_rss = _rss_mib()
     base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tr = Trainer(model(vocab), config)
+    tr = Trainer(model(vocab), config, mesh=make_mesh() if devices > 1 else None)
+    if devices > 1:
+        b = tr.place_batch(b)
     t0 = time.perf_counter()
     state = tr.init(0, b)
     jax.block_until_ready(state)
@@ -86,7 +90,8 @@ def _case(vocab_name: str, steps: int, batch: int) -> dict:
         step_s.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     state_mib = state_bytes / 2**20
-    return {"vocab": vocab_name, "rows": int(sum(vocab)), "batch": batch, "state_mib": state_mib,
+    return {"vocab": vocab_name, "rows": int(sum(vocab)), "batch": batch, "devices": jax.device_count(),
+            "state_mib": state_mib,
             "runtime_rss_mib": base_rss, "runtime_peak_mib": base_peak, "init_peak_rss_mib": init_peak,
             "init_peak_over_state": (init_peak - base_rss) / state_mib, "init_s": init_s,
             "steps": steps, "peak_rss_after_steps_mib": peak, "step_s": step_s, "losses": losses,
@@ -98,14 +103,17 @@ def main(argv=None) -> None:
     p.add_argument("--vocab", choices=["scaled", "criteo"], default="scaled")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--devices", type=int, default=1,
+                   help="simulated CPU devices: > 1 initializes and trains on a mesh over all of them")
     p.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.case:
-        print("RESULT" + json.dumps(_case(args.vocab, args.steps, args.batch)))
+        print("RESULT" + json.dumps(_case(args.vocab, args.steps, args.batch, args.devices)))
         return
     cmd = [sys.executable, "-m", "experiments.bench_init_memory", "--case", "--vocab", args.vocab,
-           "--steps", str(args.steps), "--batch", str(args.batch)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+           "--steps", str(args.steps), "--batch", str(args.batch), "--devices", str(args.devices)]
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode:
         sys.exit(out.stderr[-4000:])
     rec = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])

@@ -79,6 +79,13 @@ def test_early_stopping_returns_best(ds):
     aucs = [e["auc"] for e in h.evals]
     assert h.stopped_early and aucs[-1] <= max(aucs[:-1])
     assert tr.evaluate(state.params, ds.valid)["auc"] == pytest.approx(max(aucs), abs=1e-9)
+    # the whole state of the best step comes back, not the best parameters with the last step's optimizer state:
+    # training on from it equals training on from a fresh run stopped at that step
+    assert int(state.step) == h.best_step < h.evals[-1]["step"]
+    rerun, _ = fit(tr, ds.train.take(slice(0, 64 * h.best_step)), batch_size=64, seed=0, progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(rerun.opt_state), jax.tree_util.tree_leaves(state.opt_state),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="validation"):
         fit(tr, ds.train, early_stopping_patience=1, progress=False)
 
@@ -105,6 +112,22 @@ def test_nan_loss_stops_with_step(ds):
     bad.dense[:] = np.nan
     with pytest.raises(NonFiniteLossError, match="became nan at step 1;"):
         fit(tr, bad, batch_size=64, seed=0, progress=False)
+
+
+def test_failing_fits_leave_no_prefetch_threads(ds):
+    # Every exit path of fit joins its prefetch thread: 20 failing fits in one process leave the thread count as it
+    # was (an abandoned producer used to keep running, and interpreter exit could then abort).
+    import threading
+
+    tr = Trainer(small_dlrm(ds, "single"), TrainConfig(OptimizerSpec("sgd", 0.2)))
+    bad = ds.train.take(slice(0, 2048))
+    bad.dense[:] = np.nan
+    before = threading.active_count()
+    for _ in range(20):
+        with pytest.raises(NonFiniteLossError):
+            fit(tr, bad, batch_size=64, seed=0, progress=False)
+    assert threading.active_count() == before
+    assert not [t for t in threading.enumerate() if t.name == "mlet_jax-prefetch"]
 
 
 def test_fit_rejects_bad_arguments(ds):
@@ -136,7 +159,13 @@ def test_cli_writes_json_with_required_fields(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,msg", [(["--embedding", "mlet"], "needs --k"), (["--d", "0"], ">= 1"),
                                       (["--model", "nope"], "invalid choice"),
-                                      (["--data-option", "noequals"], "KEY=VALUE")])
+                                      (["--data-option", "noequals"], "KEY=VALUE"),
+                                      (["--mesh", "data=0"], "--mesh"),
+                                      (["--checkpoint-every", "5"], "--checkpoint-dir"),
+                                      (["--out", "/"], "is a folder"),
+                                      (["--out", "/no/such/dir/r.json"], "does not exist"),
+                                      (["--coordinator-address", "127.0.0.1:1"], "--num-processes"),
+                                      (["--num-processes", "2", "--process-id", "2"], "--process-id must be <")])
 def test_cli_bad_arguments(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         train_cli.main(argv)
