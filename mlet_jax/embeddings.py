@@ -273,24 +273,37 @@ class Embeddings(nn.Module):
             return emb_BxFxW
         return jnp.einsum("bfk,fkd->bfd", emb_BxFxW, self._projection())
 
-    def lookup_slots(self, params: Mapping, slot_rows_UxW: jax.Array, slot_BxS: jax.Array) -> jax.Array:
+    def lookup_slots(self, params: Mapping, slot_rows_UxW: jax.Array, slot_BxS: jax.Array,
+                     tile_field_T=None) -> jax.Array:
         """The same ``[B, F, d]`` embeddings from the batch's gathered rows (the row-sparse step).
 
-        ``slot_rows_UxW`` holds the batch's rows slot-major (slot ``s B + b`` is the row of ``ids[b, s]``,
-        :func:`mlet_jax.row_sparse.dedup_rows`) and ``slot_BxS`` points each occurrence at one slot holding its row.
-        Every slot belongs to one field, so MLET projects the slots first and looks occurrences up d-wide: pooling
-        and projection are both linear, and the backward's scatter into slots is d-wide instead of k-wide.
-        ``params`` is this module's parameter dictionary (MLET reads its ``projection``; ``table`` is not read).
+        ``slot_rows_UxW`` holds the batch's gathered rows in tiles of equal size, every tile's rows of one field, and
+        ``slot_BxS`` points each occurrence at one gathered row holding its row (-1 for padding). By default the
+        rows are the batch's slots, slot-major (slot ``s B + b`` is the row of ``ids[b, s]``, a tile per id slot,
+        :func:`mlet_jax.row_sparse.dedup_rows`); ``tile_field_T`` (``[T]`` ints) instead names the field of each of
+        ``T`` tiles (the batch's distinct rows grouped by field, :func:`mlet_jax.row_sparse.compact_rows`).
+        MLET projects the gathered rows first, each with its field's projection, and looks occurrences up d-wide:
+        pooling and projection are both linear, and the backward's scatter into the rows is d-wide instead of
+        k-wide. ``params`` is this module's parameter dictionary (MLET reads its ``projection``; ``table`` is not
+        read).
         """
         spec, slots = self.spec, self._slots()
         if spec.kind == "mlet":
-            n_b, n_slots = slot_BxS.shape
-            if slot_rows_UxW.shape[0] != n_b * n_slots:
-                raise ValueError(f"expected the batch's {n_b} x {n_slots} slot rows, got {slot_rows_UxW.shape[0]}")
             proj_FxKxD = params["projection"]
-            p_SxKxD = proj_FxKxD if all(s == 1 for s in slots) else proj_FxKxD[np.repeat(np.arange(len(slots)), slots)]
-            slot_rows_UxW = jnp.einsum("sbk,skd->sbd", slot_rows_UxW.reshape(n_slots, n_b, spec.inner_dim),
-                                       p_SxKxD).reshape(-1, spec.dim)
+            if tile_field_T is None:
+                n_b, n_slots = slot_BxS.shape
+                if slot_rows_UxW.shape[0] != n_b * n_slots:
+                    raise ValueError(f"expected the batch's {n_b} x {n_slots} slot rows, got {slot_rows_UxW.shape[0]}")
+                tile_field_T = np.repeat(np.arange(len(slots)), slots)
+            n_tiles = tile_field_T.shape[0]
+            if slot_rows_UxW.shape[0] % n_tiles:
+                raise ValueError(f"{slot_rows_UxW.shape[0]} gathered rows do not split into {n_tiles} tiles")
+            if isinstance(tile_field_T, np.ndarray) and np.array_equal(tile_field_T, np.arange(len(slots))):
+                p_TxKxD = proj_FxKxD  # one slot per field: no gather of the projections
+            else:
+                p_TxKxD = proj_FxKxD[tile_field_T]
+            slot_rows_UxW = jnp.einsum("tbk,tkd->tbd", slot_rows_UxW.reshape(n_tiles, -1, spec.inner_dim),
+                                       p_TxKxD).reshape(-1, spec.dim)
         return lookup_rows(slot_rows_UxW, slot_BxS, slots, self.pooling)
 
 
@@ -328,8 +341,10 @@ class FirstOrder(nn.Module):
     def __call__(self, dense_BxN: jax.Array, ids_BxS: jax.Array) -> jax.Array:
         return self._dense(self.table_module()(ids_BxS).sum(axis=(1, 2)), dense_BxN)
 
-    def lookup_slots(self, params: Mapping, slot_rows_Ux1: jax.Array, slot_BxS: jax.Array, dense_BxN) -> jax.Array:
-        """The same ``[B]`` first-order terms from the batch's gathered rows (see :meth:`Embeddings.lookup_slots`)."""
+    def lookup_slots(self, params: Mapping, slot_rows_Ux1: jax.Array, slot_BxS: jax.Array, dense_BxN,
+                     tile_field_T=None) -> jax.Array:
+        """The same ``[B]`` first-order terms from the batch's gathered rows (see :meth:`Embeddings.lookup_slots`;
+        the width-1 table is never projected, so ``tile_field_T`` is not needed)."""
         w_BxFx1 = self.table_module(parent=None).lookup_slots({}, slot_rows_Ux1, slot_BxS)
         return self._dense(w_BxFx1.sum(axis=(1, 2)), dense_BxN, params.get("dense"))
 
@@ -397,14 +412,15 @@ class EmbeddingStage(nn.Module):
         return Features(emb_BxFxD, self.linear()(dense_BxM, ids_BxS) if self.first_order else None)
 
     def lookup_slots(self, params: Mapping, slot_rows: Mapping[tuple[str, ...], jax.Array], slot_BxS: jax.Array,
-                     dense_BxM: jax.Array) -> Features:
+                     dense_BxM: jax.Array, tile_field_T=None) -> Features:
         """The same :class:`Features` from the batch's gathered rows ``slot_rows[path]`` of each table.
 
         ``params`` is the model's parameter tree (the stage reads its non-table parameters: MLET projections and the
-        first-order dense weights).
+        first-order dense weights); ``slot_BxS`` and ``tile_field_T`` as in :meth:`Embeddings.lookup_slots`.
         """
         emb_rows_UxW = slot_rows[("embeddings", "table")]
-        emb = self.embeddings(parent=None).lookup_slots(params.get("embeddings", {}), emb_rows_UxW, slot_BxS)
+        emb = self.embeddings(parent=None).lookup_slots(params.get("embeddings", {}), emb_rows_UxW, slot_BxS,
+                                                        tile_field_T)
         if not self.first_order:
             return Features(emb)
         rows_Ux1 = slot_rows[("linear", "embeddings", "table")]

@@ -4,11 +4,13 @@ One step (:func:`value_and_grad` then :meth:`RowSparse.update` per table):
 
 1. :func:`dedup_rows`: the batch's fused row ids ``[B, S]`` become ``U = B S`` slots, slot-major (slot ``s B + b``
    holds the row of occurrence ``(b, s)``), and every occurrence points at one slot holding its row;
-2. each table's slot rows are gathered (``[U, width]``);
-3. the model's embedding stage computes the same features from the gathered rows
-   (:meth:`mlet_jax.embeddings.EmbeddingStage.lookup_slots`), the model body runs on them, and ``jax.grad`` gives the
-   gradient with respect to the gathered rows (repeats of a row carry zero gradient: all occurrences point at one
-   slot);
+2. :func:`compact_rows`: the slots that hold a row's first occurrence are packed, grouped by field, into a fixed
+   capacity of ``C`` rows (:data:`COMPACT_FRACTION` of the slots); a batch with more distinct rows than that falls
+   back to the slots themselves (a ``lax.cond``, both branches compiled once);
+3. each table's distinct rows are gathered (``[C, width]``) once, each row projected once with its field's
+   projection (MLET), and every occurrence is looked up d-wide from them
+   (:meth:`mlet_jax.embeddings.EmbeddingStage.lookup_slots`); the model body runs on the features, and
+   ``jax.grad`` gives the gradient with respect to the gathered rows;
 4. :class:`RowSparse` applies torch's SGD or Adagrad to those rows only.
 
 For SGD without momentum and for Adagrad, without weight decay, this equals the dense update exactly: a row with a
@@ -25,6 +27,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 from mlet_jax.optim import OptimizerSpec, _decayed_lr
@@ -34,6 +37,15 @@ Path = tuple[str, ...]
 # Up to this many table rows the row-sparse state carries a table-sized int32 dedup scratch, and the step finds each
 # batch row's slot by a scatter and a gather of O(B S) entries; above it, through a sort.
 SCATTER_DEDUP_MAX_ROWS = 1 << 23
+
+# Distinct rows the compact step holds, as a fraction of the batch's B S slots (tile padding included). A Criteo-shaped
+# batch of 1024 has ~23% distinct rows of its 26,624 slots, the synthetic default ~32% of 8,192; a batch with more
+# falls back (exactly) to the per-slot step, so the capacity only decides speed. Only used when it is smaller than
+# the slots and than the most distinct rows the vocabularies allow; 0 turns compaction off (the per-slot step).
+COMPACT_FRACTION = 0.5
+# MLET projects distinct rows in tiles of this many rows (at most B / 8), each tile of one field: a field wastes less
+# than a tile of padding, and a tile's projection is one [tile, k] x [k, d] matmul.
+COMPACT_TILE = 64
 
 
 class RowSparseState(NamedTuple):
@@ -60,16 +72,38 @@ class RowSparse:
         acc = (jnp.full_like(table, self.spec.initial_accumulator_value) if self.spec.name == "adagrad" else None)
         return RowSparseState(count=jnp.zeros([], jnp.int32), sum=acc)
 
-    def update(self, table: jax.Array, state: RowSparseState, rows_U: jax.Array, grad_UxW: jax.Array):
-        """Return the updated ``(table, state)``."""
-        s = self.spec
+    def update(self, table: jax.Array, state: RowSparseState, rows_U, grad_UxW: jax.Array):
+        """Return the updated ``(table, state)``.
+
+        ``rows_U`` is an int array of table rows or a :class:`CompactRows`: then its rows are updated ``capacity``
+        at a time, only the first ``capacity`` when the batch fit (a loop with a dynamic trip count updates the
+        table in place; a ``lax.cond`` around the update made XLA copy the whole table and accumulator). Splitting
+        is exact because a row's repeats carry zero gradient, and a zero gradient moves neither the row nor its
+        accumulator.
+        """
         count = state.count + 1
+        if not isinstance(rows_U, CompactRows):
+            table, acc = self._apply(table, state.sum, count, rows_U, grad_UxW)
+            return table, RowSparseState(count, acc)
+        c = rows_U.capacity
+
+        def chunk(i, carry):
+            r_C = jax.lax.dynamic_slice_in_dim(rows_U.rows, i * c, c)
+            g_CxW = jax.lax.dynamic_slice_in_dim(grad_UxW, i * c, c)
+            return self._apply(*carry, count, r_C, g_CxW)
+
+        n_chunks = jnp.where(rows_U.fits, 1, rows_U.rows.shape[0] // c)
+        table, acc = jax.lax.fori_loop(0, n_chunks, chunk, (table, state.sum))
+        return table, RowSparseState(count, acc)
+
+    def _apply(self, table, acc, count, rows_U, grad_UxW):
+        s = self.spec
         if s.name == "sgd":
-            return table.at[rows_U].add(-s.lr * grad_UxW), RowSparseState(count, None)
+            return table.at[rows_U].add(-s.lr * grad_UxW), None
         clr = _decayed_lr(s.lr, s.lr_decay, count, table.dtype)
-        acc = state.sum.at[rows_U].add(grad_UxW * grad_UxW)
+        acc = acc.at[rows_U].add(grad_UxW * grad_UxW)
         step = -clr * (grad_UxW / (jnp.sqrt(acc[rows_U]) + s.eps))
-        return table.at[rows_U].add(step.astype(table.dtype)), RowSparseState(count, acc)
+        return table.at[rows_U].add(step.astype(table.dtype)), acc
 
 
 def dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):
@@ -107,6 +141,69 @@ def dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):
     return safe, slot_BxS, scratch_N
 
 
+class CompactRows(NamedTuple):
+    """Table rows of a step that may have fallen back: ``rows[:capacity]`` hold the distinct rows (padding: row 0
+    with a zero gradient) when ``fits``; otherwise ``rows`` are the batch's slots (:func:`dedup_rows`), padded with
+    row 0 to a multiple of ``capacity``."""
+
+    rows: jax.Array
+    fits: jax.Array
+    capacity: int
+
+
+class Compact(NamedTuple):
+    """The batch's distinct rows packed by :func:`compact_rows`."""
+
+    rows_C: jax.Array        # [C] table row of each packed row (padding: row 0)
+    ref_BxS: jax.Array       # [B, S] packed row of each occurrence (-1 for padding)
+    tile_field_T: jax.Array  # [C / tile] field of each tile of packed rows
+    fits: jax.Array          # whether every distinct row fit (else rows_C and ref_BxS are incomplete)
+
+
+def compact_plan(vocab_sizes, slots, n_batch: int, tiled: bool) -> tuple[int, int, bool] | None:
+    """``(tile, capacity_tiles, may_overflow)`` of the compact step for a ``[n_batch, S]`` batch, or ``None`` when
+    the capacity would not be smaller than the batch's slots. ``capacity_tiles`` is at most the tiles the
+    vocabularies can fill (field ``f`` has at most ``min(vocab_f, n_batch slots_f)`` distinct rows); at that bound
+    no batch can overflow it."""
+    if COMPACT_FRACTION <= 0:
+        return None
+    slots = tuple(slots) if slots is not None else (1,) * len(vocab_sizes)
+    n_slots = n_batch * sum(slots)
+    tile = max(1, min(COMPACT_TILE, n_batch // 8)) if tiled else 1
+    most_F = np.minimum(np.asarray(vocab_sizes, np.int64), n_batch * np.asarray(slots, np.int64))
+    bound = int((-(-most_F // tile)).sum())
+    capacity = min(bound, -(-int(COMPACT_FRACTION * n_slots) // tile))
+    return None if capacity * tile >= n_slots else (tile, capacity, capacity < bound)
+
+
+def compact_rows(rows_U: jax.Array, slot_BxS: jax.Array, slots, tile: int, capacity_tiles: int) -> Compact:
+    """Pack the batch's distinct rows (from :func:`dedup_rows`), grouped by field, into ``capacity_tiles`` tiles.
+
+    A slot holds a distinct row's representative when every occurrence of that row points at it (``slot == own
+    index``); slot-major order puts field ``f``'s slots in one range, so a cumulative sum over the representatives
+    ranks them within their field, and field ``f`` starts at the first tile after field ``f - 1``'s
+    ``ceil(n_f / tile)`` tiles. Every shape is static; ``fits`` says whether the batch's tiles fit the capacity.
+    """
+    n_b, n_s = slot_BxS.shape
+    n_f, cap = len(slots), capacity_tiles * tile
+    field_S = np.repeat(np.arange(n_f), slots)
+    slot_U = slot_BxS.T.reshape(-1)
+    is_rep_U = slot_U == jnp.arange(slot_U.size, dtype=slot_U.dtype)
+    rep_i = is_rep_U.astype(jnp.int32)
+    before_U = jnp.cumsum(rep_i) - rep_i  # representatives before each slot
+    cnt_F = jnp.zeros((n_f,), jnp.int32).at[field_S].add(rep_i.reshape(n_s, n_b).sum(axis=1))
+    tiles_F = -(-cnt_F // tile)
+    tile_end_F = jnp.cumsum(tiles_F)
+    first_F = jnp.cumsum(cnt_F) - cnt_F  # representatives of the fields before f
+    field_U = jnp.asarray(np.repeat(field_S, n_b), jnp.int32)
+    pos_U = (tile_end_F - tiles_F)[field_U] * tile + before_U - first_F[field_U]
+    pos_U = jnp.where(is_rep_U, pos_U, cap)  # anything but a representative writes nowhere
+    rows_C = jnp.zeros((cap,), rows_U.dtype).at[pos_U].set(rows_U, mode="drop")
+    ref_BxS = jnp.where(slot_BxS >= 0, pos_U.at[jnp.maximum(slot_BxS, 0)].get(mode="promise_in_bounds"), -1)
+    tile_field_T = jnp.minimum(jnp.searchsorted(tile_end_F, jnp.arange(capacity_tiles), side="right"), n_f - 1)
+    return Compact(rows_C, ref_BxS, tile_field_T.astype(jnp.int32), tile_end_F[-1] <= capacity_tiles)
+
+
 def split_tables(params: Mapping, table_paths) -> tuple[dict[Path, jax.Array], dict[Path, jax.Array]]:
     """``(tables, rest)`` as flat ``{path: array}`` dicts, the tables being the leaves at ``table_paths``."""
     flat = traverse_util.flatten_dict(params)
@@ -121,8 +218,8 @@ class SparseGrads(NamedTuple):
     """What :func:`value_and_grad` returns besides the loss."""
 
     rest: dict          # flat {path: gradient} of every non-table parameter
-    rows: dict          # {table path: [U, width] gradient of the gathered slot rows}
-    rows_U: jax.Array   # the table row of each slot
+    rows: dict          # {table path: [R, width] gradient of the gathered rows}
+    rows_U: Any         # the table row of each gathered row: [R] ints or a CompactRows (RowSparse.update takes both)
     scratch_N: Any      # the updated dedup scratch (or None)
 
 
@@ -140,16 +237,48 @@ def value_and_grad(model, loss_fn: Callable[[jax.Array], jax.Array], params: Map
         rngs, train: passed to the model body (dropout).
     """
     stage = model.embedding_stage()
-    rows_U, slot_BxS, scratch_N = dedup_rows(stage.row_ids(jnp.asarray(batch["ids"])), scratch_N)
+    ids_BxS = jnp.asarray(batch["ids"])
+    rows_U, slot_BxS, scratch_N = dedup_rows(stage.row_ids(ids_BxS), scratch_N)
     tables, rest = split_tables(params, stage.table_paths)
-    gathered = {p: t.at[rows_U].get(mode="promise_in_bounds") for p, t in tables.items()}
     dense = batch["dense"]
 
-    def loss_of(rest_p, rows_p):
-        p = traverse_util.unflatten_dict(rest_p)
-        features = stage.lookup_slots(p, rows_p, slot_BxS, dense)
-        logits = model.apply({"params": p}, features, dense, train=train, rngs=rngs, method="body")
-        return loss_fn(logits)
+    def grads(rows_R, ref_BxS, tile_field_T):
+        gathered = {p: t.at[rows_R].get(mode="promise_in_bounds") for p, t in tables.items()}
 
-    loss, (g_rest, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1))(rest, gathered)
-    return loss, SparseGrads(g_rest, g_rows, rows_U, scratch_N)
+        def loss_of(rest_p, rows_p):
+            p = traverse_util.unflatten_dict(rest_p)
+            features = stage.lookup_slots(p, rows_p, ref_BxS, dense, tile_field_T)
+            logits = model.apply({"params": p}, features, dense, train=train, rngs=rngs, method="body")
+            return loss_fn(logits)
+
+        loss, (g_rest, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1))(rest, gathered)
+        return loss, g_rest, g_rows
+
+    slots = stage.slots if stage.slots is not None else (1,) * len(stage.vocab_sizes)
+    plan = compact_plan(stage.vocab_sizes, slots, ids_BxS.shape[0], stage.spec.kind == "mlet")
+    if plan is None:  # as many distinct rows as slots may occur, or the capacity would be no smaller
+        loss, g_rest, g_rows = grads(rows_U, slot_BxS, None)
+        return loss, SparseGrads(g_rest, g_rows, rows_U, scratch_N)
+    tile, capacity_tiles, may_overflow = plan
+    c = compact_rows(rows_U, slot_BxS, slots, tile, capacity_tiles)
+    cap = tile * capacity_tiles
+    if not may_overflow:
+        loss, g_rest, g_rows = grads(c.rows_C, c.ref_BxS, c.tile_field_T)  # the vocabularies cannot overflow it
+        return loss, SparseGrads(g_rest, g_rows, c.rows_C, scratch_N)
+
+    # Both branches return the slots' shapes padded to whole chunks of `cap` rows (row 0 with a zero gradient);
+    # RowSparse.update reads only the first chunk when the batch fit.
+    n_pad = -(-rows_U.size // cap) * cap
+
+    def padded(loss, g_rest, g_rows, rows_R):
+        pad = n_pad - rows_R.size
+        return loss, g_rest, {p: jnp.pad(g, ((0, pad), (0, 0))) for p, g in g_rows.items()}, jnp.pad(rows_R, (0, pad))
+
+    def compact(_):
+        return padded(*grads(c.rows_C, c.ref_BxS, c.tile_field_T), c.rows_C)
+
+    def per_slot(_):
+        return padded(*grads(rows_U, slot_BxS, None), rows_U)
+
+    loss, g_rest, g_rows, rows = jax.lax.cond(c.fits, compact, per_slot, None)
+    return loss, SparseGrads(g_rest, g_rows, CompactRows(rows, c.fits, cap), scratch_N)

@@ -113,3 +113,93 @@ def test_sort_based_dedup_equals_dense(monkeypatch):
     sparse = _train(model, TrainConfig(optimizer=opt, sparse_tables=True), data)
     for d, s in zip(jax.tree_util.tree_leaves(dense), jax.tree_util.tree_leaves(sparse), strict=True):
         np.testing.assert_allclose(s, d, atol=1e-6, rtol=0)
+
+
+def _dense_grads(model, batch, scratch=True):
+    """``(loss, rest grads, {table path: table-shaped gradient})`` of the row-sparse step on one batch."""
+    import mlet_jax.row_sparse as row_sparse
+
+    trainer = Trainer(model, TrainConfig(optimizer=OptimizerSpec("adagrad", 0.05)))
+    state = trainer.init(0, batch)
+    loss, g = jax.jit(lambda p, d: row_sparse.value_and_grad(
+        model, lambda lg: jnp.mean(lg * batch["label"]), p, batch, d))(state.params, state.dedup if scratch else None)
+    rows = g.rows_U.rows if isinstance(g.rows_U, row_sparse.CompactRows) else g.rows_U
+    tables, _ = row_sparse.split_tables(state.params, trainer.table_paths)
+    full = {p: np.asarray(jnp.zeros_like(tables[p]).at[rows].add(g.rows[p])) for p in tables}
+    return float(loss), jax.tree_util.tree_map(np.asarray, g.rest), full, g
+
+
+@pytest.mark.parametrize("kind", ["single", "mlet"])
+@pytest.mark.parametrize("scratch", [True, False], ids=["scatter-dedup", "sort-dedup"])
+def test_compact_rows_equal_per_slot_and_fallback(monkeypatch, kind, scratch):
+    # The same batch three ways: packed distinct rows, packed rows overflowing into the per-slot fallback, and the
+    # per-slot step alone (no compaction). Loss and every gradient (tables as table-shaped sums) must agree.
+    import mlet_jax.row_sparse as row_sparse
+
+    slots = (1, 3, 2, 1)
+    batch = _batches(1, slots=slots, seed=3)[0]
+    model = _model(kind, slots)
+    monkeypatch.setattr(row_sparse, "COMPACT_FRACTION", 0.2)  # room for the batch, but the vocabularies could overflow
+    stage = model.embedding_stage()
+    tile, cap_tiles, may_overflow = row_sparse.compact_plan(VOCAB, slots, 32, kind == "mlet")
+    assert may_overflow
+    rows_U, slot_BxS, _ = row_sparse.dedup_rows(stage.row_ids(jnp.asarray(batch["ids"])))
+    c = row_sparse.compact_rows(rows_U, slot_BxS, slots, tile, cap_tiles)
+    assert bool(c.fits)
+    compact = _dense_grads(model, batch, scratch)
+    assert isinstance(compact[3].rows_U, row_sparse.CompactRows)
+    monkeypatch.setattr(row_sparse, "COMPACT_FRACTION", 0.05)  # fewer rows than the batch has: the fallback runs
+    c = row_sparse.compact_rows(rows_U, slot_BxS, slots, *row_sparse.compact_plan(VOCAB, slots, 32, kind == "mlet")[:2])
+    assert not bool(c.fits)
+    fallback = _dense_grads(model, batch, scratch)
+    monkeypatch.setattr(row_sparse, "COMPACT_FRACTION", 0)  # no compaction at all: today's per-slot step
+    assert row_sparse.compact_plan(VOCAB, slots, 32, kind == "mlet") is None
+    per_slot = _dense_grads(model, batch, scratch)
+    for other in (fallback, per_slot):
+        np.testing.assert_allclose(other[0], compact[0], rtol=1e-6)
+        for a, b in zip(jax.tree_util.tree_leaves(other[1:3]), jax.tree_util.tree_leaves(compact[1:3]), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_compact_rows_pack_each_distinct_row_once():
+    import mlet_jax.row_sparse as row_sparse
+
+    slots = (1, 3, 2, 1)
+    batch = _batches(1, slots=slots, seed=1)[0]
+    stage = _model("mlet", slots).embedding_stage()
+    rows_BxS = np.asarray(stage.row_ids(jnp.asarray(batch["ids"])))
+    rows_U, slot_BxS, _ = row_sparse.dedup_rows(jnp.asarray(rows_BxS))
+    tile, cap_tiles = 4, 40
+    c = row_sparse.compact_rows(rows_U, slot_BxS, slots, tile, cap_tiles)
+    rows_C, ref = np.asarray(c.rows_C), np.asarray(c.ref_BxS)
+    assert bool(c.fits)
+    np.testing.assert_array_equal(ref < 0, rows_BxS < 0)
+    np.testing.assert_array_equal(rows_C[ref[rows_BxS >= 0]], rows_BxS[rows_BxS >= 0])  # every occurrence's row
+    used = np.unique(ref[ref >= 0])
+    assert len(used) == len(np.unique(rows_BxS[rows_BxS >= 0]))  # each distinct row packed once
+    # every packed row sits in a tile of its own field; the other entries are padding pointing at row 0
+    ends = np.cumsum(VOCAB)
+    field_of_row = np.searchsorted(ends, rows_C[used], side="right")
+    np.testing.assert_array_equal(np.asarray(c.tile_field_T)[used // tile], field_of_row)
+    assert (np.delete(rows_C, used) == 0).all()
+
+
+def test_overflowing_batches_equal_dense(monkeypatch):
+    # Every batch has more distinct rows than the capacity: 20 steps run the fallback branch and still equal dense.
+    import mlet_jax.row_sparse as row_sparse
+
+    monkeypatch.setattr(row_sparse, "COMPACT_FRACTION", 0.05)
+    slots = (1, 3, 2, 1)
+    data = _batches(20, slots=slots)
+    model = _model("mlet", slots)
+    stage = model.embedding_stage()
+    tile, cap_tiles, may_overflow = row_sparse.compact_plan(VOCAB, slots, 32, True)
+    assert may_overflow
+    for b in data:
+        rows_U, slot_BxS, _ = row_sparse.dedup_rows(stage.row_ids(jnp.asarray(b["ids"])))
+        assert not bool(row_sparse.compact_rows(rows_U, slot_BxS, slots, tile, cap_tiles).fits)
+    opt = OptimizerSpec("adagrad", 0.05)
+    dense = _train(model, TrainConfig(optimizer=opt, sparse_tables=False), data)
+    sparse = _train(model, TrainConfig(optimizer=opt, sparse_tables=True), data)
+    for d, s in zip(jax.tree_util.tree_leaves(dense), jax.tree_util.tree_leaves(sparse), strict=True):
+        np.testing.assert_allclose(s, d, atol=1e-6, rtol=0)
