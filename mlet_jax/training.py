@@ -375,6 +375,10 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
+HEALTHY_LOSS_FACTOR = 2.0  # a step's loss is healthy when finite and <= this times the running mean
+HEALTHY_LOSS_DECAY = 0.95  # the running mean: an exponential moving average over healthy steps (~20 steps)
+
+
 def prefetch(it: Iterable[dict], size: int = 2, place: Callable[[dict], Any] = jax.device_put) -> Iterator[dict]:
     """Place batches on the device(s) with ``place`` in a background thread, ``size`` ahead of the consumer.
 
@@ -481,8 +485,14 @@ def fit(
             resumed run gives exactly the parameters of an uninterrupted one (same ``seed``, ``batch_size`` and
             data). Evaluation history and early-stopping counters are not checkpointed.
         checkpoint_every: steps between checkpoints (``None``: only at the end).
-        keep_checkpoints: how many of the newest checkpoints to keep. A checkpoint is written only after its
-            step's loss and gradient norm were checked finite, so a NaN never overwrites the last good one.
+        keep_checkpoints: how many of the newest checkpoints to keep. A checkpoint is written only when its
+            step was healthy: loss and gradient norm finite and the loss at most ``HEALTHY_LOSS_FACTOR`` (2) times
+            the running mean of the training loss (an exponential moving average, decay ``HEALTHY_LOSS_DECAY``
+            = 0.95, over this call's healthy steps; the first step sets it). A step above the bound is not
+            saved, and a checkpoint whose own state gives an unhealthy loss at the next step (a step's loss is
+            computed before its update) is deleted again when an older one remains (each with a
+            :class:`~mlet_jax.checkpoint.CheckpointWarning`). So the checkpoint a :class:`NonFiniteLossError`
+            names has not diverged, and resuming it with a lower learning rate trains on.
         mesh: train on this device mesh (shorthand for ``Trainer(model, config, mesh=mesh)``; the trainer must not
             have another mesh). With several processes every process calls ``fit`` with the same arguments and
             reads only its rows of each batch.
@@ -490,8 +500,11 @@ def fit(
         The final (or best, with early stopping) state and a :class:`History`. On a mesh the state is sharded and
         its tables carry the padding rows (:func:`mlet_jax.models.strip_padding`).
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite; the message names the step (and the last good
+        NonFiniteLossError: the loss became NaN or infinite; the message names the step (and the last healthy
             checkpoint when checkpointing).
+        mlet_jax.checkpoint.CheckpointMismatchError: ``checkpoint_dir`` holds a checkpoint of another model (one
+            line naming the array and both shapes). A damaged newest step is skipped with a warning and the newest
+            intact one is restored; a directory without checkpoints starts fresh, with a warning saying so.
     """
     from tqdm.auto import tqdm
 
@@ -532,13 +545,21 @@ def fit(
 
 
 def _resume(trainer, state, directory, keep, *, seed, batch_size, steps_per_epoch):
-    """Open ``directory``; restore its latest checkpoint (if any) into ``state``'s structure."""
-    from mlet_jax.checkpoint import Checkpointer
+    """Open ``directory``; restore its newest intact checkpoint (if any) into ``state``'s structure."""
+    import warnings
+
+    from mlet_jax.checkpoint import Checkpointer, CheckpointWarning
 
     ckpt = Checkpointer(directory, keep=keep)
     if ckpt.latest_step() is None:
+        warnings.warn(f"no checkpoint in {ckpt.directory}: training starts fresh", CheckpointWarning, stacklevel=3)
         return state, ckpt, 0, 0
-    state, pos = ckpt.restore(state)
+    try:
+        # damaged newer steps are renamed aside, so this run can save those step numbers again
+        state, pos = ckpt.restore(state, set_aside_damaged=True)
+    except BaseException:
+        ckpt.close()
+        raise
     want = {"seed": seed, "batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
     have = {k: pos.get(k) for k in want}
     if have != want:
@@ -562,6 +583,17 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
     bar = tqdm(total=steps_per_epoch * epochs, initial=min(done_before, steps_per_epoch * epochs),
                disable=not progress, desc="train", unit="step", leave=False)
     last_good: list[int] = [] if ckpt is None or ckpt.latest_step() is None else [ckpt.latest_step()]
+    mean_loss = None  # running mean of the healthy steps' losses (HEALTHY_LOSS_DECAY)
+    skipping = False  # a save was skipped since the last one written (warn once per run of skips)
+    written: set[int] = set()  # checkpoints this call wrote (only those may be taken back)
+
+    def healthy(v):
+        return math.isfinite(v) and (mean_loss is None or v <= HEALTHY_LOSS_FACTOR * mean_loss)
+
+    def observe(v):
+        nonlocal mean_loss
+        if healthy(v):
+            mean_loss = v if mean_loss is None else HEALTHY_LOSS_DECAY * mean_loss + (1 - HEALTHY_LOSS_DECAY) * v
 
     def evaluate(step):
         nonlocal best_auc, best_state, bad_evals
@@ -575,29 +607,70 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
             bad_evals += 1
         return early_stopping_patience is not None and bad_evals > early_stopping_patience
 
-    def check(loss, step, grad_norm=None, params=None):
+    def confirm(step, v):
+        # A checkpoint's state is first evaluated by the next step's loss (a step's loss is computed before its
+        # update). If that loss is unhealthy the checkpoint already diverged: take it back when an older one remains.
+        if not last_good or last_good[-1] + 1 != step or last_good[-1] not in written or healthy(v):
+            return
+        if len(last_good) < 2 or last_good[-2] not in ckpt.all_steps():
+            return  # keep_checkpoints=1 left no older one: keep it rather than nothing
+        import warnings
+
+        from mlet_jax.checkpoint import CheckpointWarning
+
+        bad = last_good.pop()
+        ckpt.delete(bad)
+        warnings.warn(f"removed checkpoint step {bad}: the loss computed on it (step {step}) was {v:.4g}, not within "
+                      f"{HEALTHY_LOSS_FACTOR:g}x the running mean {mean_loss:.4g}; the newest checkpoint is step "
+                      f"{last_good[-1]}", CheckpointWarning, stacklevel=3)
+
+    def check(loss, step, grad_norm=None, params=None) -> float:
         try:
-            _check_finite(loss, step)
+            v = _check_finite(loss, step)
             if grad_norm is not None:
                 _check_finite(grad_norm, step, what="gradient norm")
             if params is not None and not bool(_all_finite(params)):
                 _check_finite(float("nan"), step, what="parameters (some entry)")
+            return v
         except NonFiniteLossError as e:
             if ckpt is None:
                 raise
-            where = (f"the last good checkpoint is step {last_good[-1]} in {ckpt.directory}; rerun fit with the same "
-                     "checkpoint_dir (and a lower learning rate) to resume from it" if last_good else
+            confirm(step, float("nan"))
+            where = (f"the last good checkpoint is step {last_good[-1]} in {ckpt.directory} (its loss was within "
+                     f"{HEALTHY_LOSS_FACTOR:g}x the running mean); rerun fit with the same checkpoint_dir and a lower "
+                     "learning rate to resume from it" if last_good else
                      f"no checkpoint was written before it in {ckpt.directory}")
             raise NonFiniteLossError(f"{e}. Training stopped; {where}") from None
 
     def save(step, epoch, batch_in_epoch, m):
-        # never checkpoint a state whose step already went bad
-        check(m["loss"], step, m.get("grad_norm"), None if "grad_norm" in m else state.params)
+        nonlocal skipping
+        # never checkpoint a state whose step already went bad: not finite, or finite but diverging
+        v = check(m["loss"], step, m.get("grad_norm"), None if "grad_norm" in m else state.params)
+        if not healthy(v):
+            if not skipping:
+                import warnings
+
+                from mlet_jax.checkpoint import CheckpointWarning
+
+                newest = f"step {last_good[-1]}" if last_good else "none"
+                warnings.warn(f"not checkpointing step {step}: its training loss {v:.4g} is above "
+                              f"{HEALTHY_LOSS_FACTOR:g}x the running mean {mean_loss:.4g} (diverging?); the newest "
+                              f"checkpoint stays {newest}", CheckpointWarning, stacklevel=2)
+            skipping = True
+            return
+        skipping = False
         if batch_in_epoch == steps_per_epoch:
             epoch, batch_in_epoch = epoch + 1, 0
         ckpt.save(state, {"epoch": epoch, "batch": batch_in_epoch, "seed": seed, "batch_size": batch_size,
                           "steps_per_epoch": steps_per_epoch})
         last_good.append(step)
+        written.add(step)
+
+    def judge(loss, step):  # a finished step's loss: checked finite, judged against the mean, then averaged in
+        v = check(loss, step)
+        if ckpt is not None:
+            confirm(step, v)
+        observe(v)
 
     prev_loss = None
     m = None
@@ -617,7 +690,7 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
                 hist.first_step_seconds = time.perf_counter() - t0
                 t0 = time.perf_counter()
             if prev_loss is not None:
-                check(*prev_loss)
+                judge(*prev_loss)
             prev_loss = (m["loss"], step)
             for cb in callbacks:
                 cb(step, state)
@@ -637,14 +710,14 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
         if stop:
             break
         if valid is not None and not eval_every and prev_loss is not None:
-            check(*prev_loss)
+            check(*prev_loss)  # observed (running mean) at the next step or at the end
             hist.train_seconds += time.perf_counter() - t0
             stop = evaluate(step)
             t0 = time.perf_counter()
             if stop:
                 break
     if prev_loss is not None:
-        check(*prev_loss)
+        judge(*prev_loss)  # the last step: it may take back the checkpoint of the step before it
     if ckpt is not None and m is not None and last_good[-1:] != [step]:
         save(step, epoch, i, m)
     jax.block_until_ready(state.params)
@@ -678,8 +751,9 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _check_finite(loss, step, what="training loss"):
+def _check_finite(loss, step, what="training loss") -> float:
     v = float(loss)
     if not math.isfinite(v):
         raise NonFiniteLossError(f"the {what} became {v} at step {step}; lower the learning rate or check "
                                  "the input for NaN/inf")
+    return v
