@@ -216,9 +216,10 @@ class Trainer:
             opt_sh = jax.tree_util.tree_map(lambda _: rep, state.opt_state)
             table_sh = {k: row_sparse.RowSparseState(rep, None if st.sum is None else rows)
                         for k, st in state.table_opt_state.items()}
-        else:  # the dense optimizer mirrors the parameters: its table statistics follow the tables
-            opt_sh = optax.tree_map_params(self._dense_tx(), lambda _, sh: sh, state.opt_state, p_sh,
-                                           transform_non_params=lambda _: rep)
+        else:  # the dense optimizer mirrors the parameters: its statistics with the tables' rows follow the tables
+            n_rows = self.stage.n_rows
+            opt_sh = jax.tree_util.tree_map(lambda x: rows if np.ndim(x) >= 1 and np.shape(x)[0] == n_rows else rep,
+                                            state.opt_state)
             table_sh = None
         return TrainState(step=rep, params=p_sh, opt_state=opt_sh, table_opt_state=table_sh,
                           dedup=None if state.dedup is None else rows, rng=rep)
