@@ -1,13 +1,14 @@
 """Step time of the current engine against an older commit: ``experiments.bench_models`` run on both, alternately.
 
 For each model and round, ``python -m experiments.bench_models --models M`` runs once in a git worktree of the old
-commit and once in this checkout (the order swaps every round, so load drift hits both alike); the ratio is of the
+commit and once in one of the new commit (default: HEAD; a worktree, so uncommitted edits in this checkout are never
+measured), the order swapping every round so load drift hits both alike; the ratio is of the
 median step times, new / old, per model and embedding kind, over the rounds' medians. Both sides use this
 environment's installed packages; each side imports its own ``mlet_jax`` (``python -m`` puts its folder first).
 
 Command (the BENCHMARKS.md numbers; about 15 minutes on the 2-core CPU box)::
 
-    .venv/bin/python -m experiments.bench_ab --old f6d2fe4 --rounds 2
+    .venv/bin/python -m experiments.bench_ab --old f6d2fe4 --new HEAD --rounds 2
 
 The acceptance bar (issue 13): every model's median step time within 5% of the old engine or better.
 """
@@ -42,25 +43,27 @@ def _run(folder: Path, model: str, steps: int) -> dict:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--old", default="f6d2fe4", help="the commit to compare against")
+    p.add_argument("--new", default="HEAD", help="the commit to measure")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default=None, help="JSONL output path")
     args = p.parse_args(argv)
-    new_commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True).stdout.strip()
+    new_commit = subprocess.run(["git", "rev-parse", "--short", args.new], cwd=HERE, capture_output=True,
+                                text=True, check=True).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        old_dir = Path(tmp) / "old"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old_dir), args.old], cwd=HERE, check=True,
-                       capture_output=True)
+        old_dir, new_dir = Path(tmp) / "old", Path(tmp) / "new"
+        for folder, commit in ((old_dir, args.old), (new_dir, new_commit)):
+            subprocess.run(["git", "worktree", "add", "--detach", str(folder), commit], cwd=HERE, check=True,
+                           capture_output=True)
         try:
             for model in args.models:
                 got = {"old": [], "new": []}
                 for r in range(args.rounds):
                     order = ("old", "new") if r % 2 == 0 else ("new", "old")
                     for side in order:
-                        got[side].append(_run(old_dir if side == "old" else HERE, model, args.steps))
+                        got[side].append(_run(old_dir if side == "old" else new_dir, model, args.steps))
                 row = {"model": model, "old": args.old, "new": new_commit, "rounds": args.rounds,
                        "load_avg_1m": os.getloadavg()[0]}
                 for kind in ("single", "mlet"):
@@ -71,7 +74,8 @@ def main(argv=None) -> list[dict]:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old_dir)], cwd=HERE, capture_output=True)
+            for folder in (old_dir, new_dir):
+                subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=HERE, capture_output=True)
     if args.out:
         atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
