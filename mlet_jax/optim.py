@@ -18,6 +18,7 @@ whose gradient is zero does not move and its accumulator does not change.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -114,8 +115,14 @@ class OptimizerSpec:
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be finite and > 0, got {self.lr}")
+        for name in ("weight_decay", "lr_decay", "momentum", "initial_accumulator_value"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be finite and >= 0, got {v}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be finite and > 0, got {self.eps}")
         if self.name == "sgd" and (self.lr_decay or self.initial_accumulator_value):
             raise ValueError("lr_decay and initial_accumulator_value are Adagrad options")
         if self.name == "adagrad" and self.momentum:

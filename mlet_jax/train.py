@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -72,9 +73,28 @@ class RunConfig:
             raise ValueError(f"--embedding must be 'single' or 'mlet', got {self.embedding!r}")
         if self.embedding == "mlet" and self.k is None:
             raise ValueError("--embedding mlet needs --k (the inner dimension)")
+        if self.embedding == "single" and self.k is not None:
+            raise ValueError(f"--k {self.k} is MLET's inner dimension; it has no meaning with --embedding single")
+        if self.embedding == "mlet" and self.k is not None and self.k < self.d:
+            raise ValueError(f"--k must be >= --d (MLET's inner dimension is at least the embedding dimension), "
+                             f"got k={self.k} < d={self.d}")
         if self.epochs < 1 or self.batch_size < 1 or self.d < 1:
             raise ValueError("--epochs, --batch-size and --d must be >= 1")
-        if self.table_lr_mult <= 0:
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be finite and > 0, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"--weight-decay must be finite and >= 0, got {self.weight_decay}")
+        if not (self.table_std > 0 and math.isfinite(self.table_std)):
+            raise ValueError(f"--table-std must be finite and > 0, got {self.table_std}")
+        if self.projection_std is not None and not (self.projection_std >= 0 and math.isfinite(self.projection_std)):
+            raise ValueError(f"--projection-std must be finite and >= 0, got {self.projection_std}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"--eval-every must be >= 1, got {self.eval_every}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
+            raise ValueError(f"--early-stopping must be >= 0, got {self.early_stopping_patience}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if not (self.table_lr_mult > 0 and math.isfinite(self.table_lr_mult)):
             raise ValueError(f"--table-lr-mult must be > 0, got {self.table_lr_mult}")
         if self.mesh is not None:
             from mlet_jax.distributed import parse_mesh
@@ -82,6 +102,7 @@ class RunConfig:
             parse_mesh(self.mesh)
         if self.checkpoint_every is not None and (self.checkpoint_every < 1 or self.checkpoint_dir is None):
             raise ValueError(f"--checkpoint-every must be >= 1 and needs --checkpoint-dir, got {self.checkpoint_every}")
+        _ = self.embedding_spec, self.train_config  # their own checks (k, inits, optimizers) before any data is read
 
     @property
     def optimizer_spec(self) -> OptimizerSpec:
@@ -183,7 +204,10 @@ def _kv(text: str) -> tuple[str, Any]:
     k, v = text.split("=", 1)
     try:
         val = json.loads(v)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
+        if v.strip()[:1] in "[{\"" and v.strip():  # meant as JSON: say so instead of passing a string on
+            raise argparse.ArgumentTypeError(f"{k}={v!r}: the value is not valid JSON ({e.msg} at column "
+                                             f"{e.colno})") from None
         val = v
     if isinstance(val, list):
         val = tuple(val)
@@ -191,7 +215,10 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def _tri(text: str) -> bool | None:
-    return {"auto": None, "on": True, "off": False}[text]
+    table = {"auto": None, "on": True, "off": False}
+    if text not in table:
+        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
+    return table[text]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,7 +252,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--projection-std", type=float, default=None,
                    help="MLET projection init std (default: 0.25 for DLRM, 0.5 otherwise, as the paper)")
     p.add_argument("--sparse-tables", type=_tri, default=None, choices=[None, True, False], metavar="auto|on|off",
-                   help="row-sparse table updates (auto: whenever exact)")
+                   help="row-sparse table updates (auto: row-sparse, exact for SGD and Adagrad; weight decay or "
+                        "momentum on tables needs 'off': dense updates of every row)")
     p.add_argument("--loss-reduction", choices=["mean", "sum"], default=None,
                    help="default: mean for DLRM (its reference), sum for the DeepCTR-Torch models (as DeepCTR)")
     p.add_argument("--model-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",

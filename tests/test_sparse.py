@@ -96,6 +96,10 @@ def test_row_sparse_rejects_inexact_optimizers():
         RowSparse(OptimizerSpec("sgd", lr=0.1, momentum=0.9))
     with pytest.raises(ValueError, match="sparse_tables=True"):
         TrainConfig(optimizer=OptimizerSpec("adagrad", weight_decay=1e-4), sparse_tables=True)
+    # no silent switch to dense tables: weight decay on tables must ask for them, and then gets them
+    with pytest.raises(ValueError, match="sparse_tables=False"):
+        TrainConfig(optimizer=OptimizerSpec("adagrad", weight_decay=1e-4))
+    assert not TrainConfig(optimizer=OptimizerSpec("adagrad", weight_decay=1e-4), sparse_tables=False).sparse
 
 
 def test_sort_based_dedup_equals_dense(monkeypatch):

@@ -165,7 +165,15 @@ def test_cli_writes_json_with_required_fields(tmp_path, capsys):
                                       (["--out", "/"], "is a folder"),
                                       (["--out", "/no/such/dir/r.json"], "does not exist"),
                                       (["--coordinator-address", "127.0.0.1:1"], "--num-processes"),
-                                      (["--num-processes", "2", "--process-id", "2"], "--process-id must be <")])
+                                      (["--num-processes", "2", "--process-id", "2"], "--process-id must be <"),
+                                      (["--lr", "inf"], "--lr must be finite"),
+                                      (["--weight-decay", "-1"], "--weight-decay must be"),
+                                      (["--eval-every", "-5"], "--eval-every must be >= 1"),
+                                      (["--embedding", "mlet", "--d", "16", "--k", "8"], "--k must be >= --d"),
+                                      (["--k", "64"], "no meaning with --embedding single"),
+                                      (["--model-option", "dnn=[256,"], "not valid JSON"),
+                                      (["--sparse-tables", "maybe"], "expected auto, on or off"),
+                                      (["--weight-decay", "1e-4"], "--sparse-tables off")])
 def test_cli_bad_arguments(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         train_cli.main(argv)

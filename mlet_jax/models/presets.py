@@ -41,5 +41,5 @@ def paper_train_config(model: str, embedding_l2: float = 0.0):
 
     opt = paper_optimizer(model)
     tables = dataclasses.replace(opt, weight_decay=2.0 * embedding_l2) if embedding_l2 else None
-    return TrainConfig(optimizer=opt, table_optimizer=tables,
+    return TrainConfig(optimizer=opt, table_optimizer=tables, sparse_tables=False if embedding_l2 else None,
                        loss_reduction="mean" if model == "dlrm" else "sum")
