@@ -75,9 +75,6 @@ class RunConfig:
             raise ValueError("--embedding mlet needs --k (the inner dimension)")
         if self.embedding == "single" and self.k is not None:
             raise ValueError(f"--k {self.k} is MLET's inner dimension; it has no meaning with --embedding single")
-        if self.embedding == "mlet" and self.k is not None and self.k < self.d:
-            raise ValueError(f"--k must be >= --d (MLET's inner dimension is at least the embedding dimension), "
-                             f"got k={self.k} < d={self.d}")
         if self.epochs < 1 or self.batch_size < 1 or self.d < 1:
             raise ValueError("--epochs, --batch-size and --d must be >= 1")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
@@ -300,6 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
     kw["model_options"] = tuple(args.model_option)
     try:
         cfg = RunConfig(**kw)
+        if cfg.embedding == "mlet" and cfg.k < cfg.d:  # RunConfig from Python allows it (notebook 02 studies k < d)
+            raise ValueError(f"--k must be >= --d (the paper's MLET: the inner dimension is at least the embedding "
+                             f"dimension), got k={cfg.k} < d={cfg.d}")
         if args.out:
             _check_out(args.out)
         n_proc = args.num_processes
