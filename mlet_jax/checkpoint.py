@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,27 @@ def _reason(e: BaseException) -> str:
     # tensorstore messages run to kilobytes (a JSON spec of the store); the first clause says what broke
     text = (str(e).strip().splitlines() or [""])[0].split(" [tensorstore_spec=")[0]
     return f"{type(e).__name__}: {text[:240]}"
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """Drop the ``RuntimeError: Event loop is closed`` reports a failed orbax restore leaves behind.
+
+    Orbax runs a restore in a fresh event loop and closes it on the first failed read, while tensorstore's other
+    reads are still in flight; each of those reports, when it completes, that its loop is gone (through
+    ``sys.unraisablehook``, during or after the failed restore: so the filter goes in before a restore). Only
+    those reports are dropped; everything else goes to the hook that was there.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop_reports", False):
+        return
+
+    def hook(u):
+        if u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed" and u.object is None:
+            return
+        previous(u)
+
+    hook._drops_closed_loop_reports = True
+    sys.unraisablehook = hook
 
 
 def _flat(tree) -> dict[str, Any]:
@@ -156,6 +178,7 @@ class Checkpointer:
         keyless = target.replace(rng=jax.eval_shape(jax.random.key_data, target.rng))
         abstract = _abstract(flax.serialization.to_state_dict(keyless))
         damaged = []
+        _quiet_closed_loop_callbacks()
         for s in ([step] if step is not None else sorted(steps, reverse=True)):
             try:
                 out = self._restore_step(s, abstract)
