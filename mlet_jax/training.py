@@ -325,7 +325,6 @@ def _example(batch: dict):
     return jnp.asarray(np.asarray(batch["dense"])[:1]), jnp.asarray(np.asarray(batch["ids"])[:1])
 
 
-# One jit each, the trainer static: JAX's own cache compiles once per equal (model, config, mesh) and input shapes.
 def _on_mesh(trainer: Trainer, fn, *args):
     """Run a jitted init under ``jax.set_mesh``, so that tables are generated row block by row block on the devices
     that own them (:func:`mlet_jax.embeddings.table_init`)."""
@@ -335,13 +334,16 @@ def _on_mesh(trainer: Trainer, fn, *args):
         return fn(trainer, *args)
 
 
-def _model_init(trainer: Trainer, key, dense, ids):
-    return trainer.model.init(key, dense, ids)["params"]
+def _fresh_state(trainer: Trainer, params, rng) -> TrainState:
+    opt_state, table_opt, dedup = trainer._opt_states(params)
+    return trainer._constrain(TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
+                                         table_opt_state=table_opt, dedup=dedup, rng=rng))
 
 
+# One jit each, the trainer static: JAX's own cache compiles once per equal (model, config, mesh) and input shapes.
 @functools.partial(jax.jit, static_argnums=0)
 def _init_params(trainer: Trainer, key, dense, ids):
-    params = _model_init(trainer, key, dense, ids)
+    params = trainer.model.init(key, dense, ids)["params"]
     if trainer.mesh is not None:
         params = jax.lax.with_sharding_constraint(params, trainer.param_shardings(params))
     return params
@@ -349,17 +351,12 @@ def _init_params(trainer: Trainer, key, dense, ids):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init_state(trainer: Trainer, key, rng, dense, ids) -> TrainState:
-    params = _model_init(trainer, key, dense, ids)
-    opt_state, table_opt, dedup = trainer._opt_states(params)
-    return trainer._constrain(TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
-                                         table_opt_state=table_opt, dedup=dedup, rng=rng))
+    return _fresh_state(trainer, trainer.model.init(key, dense, ids)["params"], rng)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _state_from_params(trainer: Trainer, params, rng) -> TrainState:
-    opt_state, table_opt, dedup = trainer._opt_states(params)
-    return trainer._constrain(TrainState(step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state,
-                                         table_opt_state=table_opt, dedup=dedup, rng=rng))
+    return _fresh_state(trainer, params, rng)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
