@@ -101,7 +101,7 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
     if store.n == 0:
         raise DataFormatError(path, "no data rows after the header", line=2)
     codes = splits.random_split(store.n, options["test_fraction"], options["valid_fraction"], options["seed"])
-    check_splits(codes, store.read("label"), path, ("test_fraction", options["test_fraction"]),
+    check_splits(codes, store, path, ("test_fraction", options["test_fraction"]),
                  valid_fraction=options["valid_fraction"])
     schema, info = finalize(store, codes, writer, min_count=options["min_count"],
                             hash_buckets=options["hash_buckets"], vocab_split=options["vocab_split"],

@@ -84,7 +84,7 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
 
         raise DataFormatError(path, "no data rows", line=1)
     codes = splits.criteo_days(store.n, int(options["days"]))
-    check_splits(codes, store.read("label"), path, ("days", options["days"]))
+    check_splits(codes, store, path, ("days", options["days"]))
     schema, info = finalize(store, codes, writer, min_count=options["min_count"],
                             hash_buckets=options["hash_buckets"], vocab_split=options["vocab_split"],
                             progress=progress)
