@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mlet_jax.data.bars import PROTOCOLS
 from mlet_jax.embeddings import EmbeddingSpec, count_params
 from mlet_jax.io import atomic_write_text
 from mlet_jax.models.presets import paper_embedding, paper_optimizer, paper_train_config
@@ -233,6 +234,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="raw file/folder, prepared cache, or .npz prefix (arrays)")
     p.add_argument("--data-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, repeatable (e.g. n_train=100000, min_count=4)")
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="a BARS protocol (mlet_jax.data.bars): FuxiCTR's preprocessing of --data-dir (the Kaggle file, "
+                        "BARS's train/valid/test.csv, or a prepared cache), an x4 split, and --d 16 (_001) or 40 "
+                        "(_002) unless --d is given")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="parameter init, data order and dropout")
     p.add_argument("--batch-size", type=int, default=256)
@@ -288,6 +293,21 @@ def _check_out(path: str) -> None:
         raise ValueError(f"--out {path!r}: its folder {str(parent)!r} is not writable")
 
 
+def _protocol(args, kw: dict, argv: list[str] | None) -> None:
+    """``--protocol``: train on the BARS preset (dataset ``bars``) with its embedding dim unless ``--d`` is given."""
+    proto = PROTOCOLS[args.protocol]
+    if args.dataset not in ("synthetic", proto.dataset, "bars"):  # synthetic: the default, i.e. not given
+        raise ValueError(f"--protocol {proto.name} is a protocol of {proto.dataset}, not of --dataset {args.dataset}")
+    if args.data_dir is None:
+        raise ValueError(f"--protocol {proto.name} needs --data-dir: the Kaggle file, a folder with BARS's "
+                         f"train.csv, valid.csv and test.csv, or a prepared cache")
+    if any(k == "protocol" for k, _ in kw["data_options"]):
+        raise ValueError("give the protocol once, as --protocol (not also --data-option protocol=...)")
+    kw["dataset"], kw["data_options"] = "bars", (*kw["data_options"], ("protocol", proto.name))
+    if not any(a == "--d" or a.startswith("--d=") for a in (sys.argv[1:] if argv is None else argv)):
+        kw["d"] = proto.embedding_dim
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser()
     args = p.parse_args(argv)
@@ -296,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     kw["data_options"] = tuple(args.data_option)
     kw["model_options"] = tuple(args.model_option)
     try:
+        if args.protocol:
+            _protocol(args, kw, argv)
         cfg = RunConfig(**kw)
         if cfg.embedding == "mlet" and cfg.k < cfg.d:  # RunConfig from Python allows it (notebook 02 studies k < d)
             raise ValueError(f"--k must be >= --d (the paper's MLET: the inner dimension is at least the embedding "

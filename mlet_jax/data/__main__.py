@@ -16,6 +16,7 @@ import json
 import sys
 import warnings
 
+from mlet_jax.data import bars
 from mlet_jax.data.errors import DataFormatError
 from mlet_jax.data.options import OptionError
 from mlet_jax.data.registry import FILE_DATASETS, _module, prepare
@@ -43,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache directory to write")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if a matching cache exists")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--protocol", choices=tuple(bars.PROTOCOLS),
+                   help="a BARS protocol: FuxiCTR's preprocessing and an x4 8:1:1 split (see mlet_jax.data.bars); "
+                        "a folder with BARS's train.csv, valid.csv, test.csv uses those splits")
     g = p.add_argument_group("options (default: the dataset's own)")
     g.add_argument("--min-count", type=int)
     g.add_argument("--hash-buckets", type=int)
@@ -79,9 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     sub = f"{ap.prog} prepare"
-    skip = {"cmd", "dataset", "input", "out", "rebuild", "no_progress"}
+    skip = {"cmd", "dataset", "input", "out", "rebuild", "no_progress", "protocol"}
     options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-    takes = _module(args.dataset).DEFAULTS
+    dataset = args.dataset
+    if args.protocol:  # the preset fixes the preprocessing; only --on-bad-row and --seed (of the split) remain
+        err = bars.check_cli(args.dataset, args.protocol, options, _flag)
+        if err:
+            print(f"{sub}: error: {err}", file=sys.stderr)
+            return 2
+        dataset, options = "bars", {**options, "protocol": args.protocol}
+    takes = _module(dataset).DEFAULTS
     for k in options:
         if k not in takes:
             who = [d for d in FILE_DATASETS if k in _module(d).DEFAULTS]
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = prepare(args.dataset, args.input, args.out, progress=not args.no_progress, rebuild=args.rebuild,
+            ds = prepare(dataset, args.input, args.out, progress=not args.no_progress, rebuild=args.rebuild,
                          **options)
     except OptionError as e:
         msg = e.message.removeprefix(e.option + " ")

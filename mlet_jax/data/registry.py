@@ -24,7 +24,8 @@ from mlet_jax.data.cache import CacheWriter, check_out, fingerprint, open_cache,
 from mlet_jax.data.options import OptionError, check_options
 
 FILE_DATASETS = ("criteo", "avazu", "movielens", "table")
-NAMES = ("synthetic", *FILE_DATASETS, "arrays")
+PROTOCOL_DATASETS = ("bars",)  # BARS presets (mlet_jax.data.bars), chosen with --protocol
+NAMES = ("synthetic", *FILE_DATASETS, *PROTOCOL_DATASETS, "arrays")
 BUILD_VERSION = 2  # 2: the source fingerprint holds a hash of each input's first and last MiB
 _NOT_IN_KEY = ("block_bytes",)  # options that change speed, not content
 
@@ -61,7 +62,7 @@ def prepare(name: str, data_dir: str, out: str, *, progress: bool = False, rebui
     argument), ``TypeError`` for an option the dataset does not take, ``FileNotFoundError`` or
     :class:`~mlet_jax.data.errors.DataFormatError` (file, line, column) for bad input; nothing is left behind.
     """
-    if name not in FILE_DATASETS:
+    if name not in (*FILE_DATASETS, *PROTOCOL_DATASETS):
         raise OptionError("dataset", f"dataset must be one of {', '.join(FILE_DATASETS)}, got {name!r}")
     mod = _module(name)
     opts = resolve_options(name, options)
@@ -111,7 +112,7 @@ def load_dataset(name: str, data_dir: str | None = None, **options) -> Dataset:
         if data_dir is None:
             raise ValueError("arrays: data_dir must be the PREFIX of PREFIX_train.npz / PREFIX_test.npz")
         return load_arrays(data_dir, **options)
-    if name not in FILE_DATASETS:
+    if name not in (*FILE_DATASETS, *PROTOCOL_DATASETS):
         raise ValueError(f"unknown dataset {name!r}; known: {NAMES}")
     if data_dir is None:
         raise ValueError(f"{name}: data_dir (the raw input or a prepared cache directory) is required")
