@@ -35,6 +35,7 @@ _MASK63 = np.uint64((1 << 63) - 1)
 # Held per distinct training value while finalize runs: the counting table (int64 key + int64 count, twice during a
 # merge), the Vocab (key, sorted key: 2 x int64, id: int32) and the id_counts entry (int64).
 STATE_BYTES_PER_VALUE = 16 * 2 + 20 + 8
+_BLOCK_ROWS = 1 << 19        # rows per block read back, counted, looked up and written by finalize
 _MERGE_ROWS = 1 << 22        # counting: merge pending block tables once they hold this many (or the table's) rows
 _SORTED_LOOKUP = 1 << 16     # vocabularies larger than this look up a block's distinct keys (sorted) only
 
@@ -279,7 +280,7 @@ def check_splits(codes: np.ndarray, label: np.ndarray | RawStore, source: str, s
 
 
 def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_count=1, hash_buckets=None,
-             vocab_split: str = "train", bag_pooling: str = "sum", block_rows: int = 1 << 19,
+             vocab_split: str = "train", bag_pooling: str = "sum", block_rows: int | None = None,
              progress: bool = False) -> tuple[Schema, dict]:
     """Fit vocabularies and write the split arrays, ``id_counts.npy`` and ``vocab.npz`` into ``writer``.
 
@@ -297,6 +298,7 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
         raise ValueError(f"vocab_split must be 'train' or 'all', got {vocab_split!r}")
     t0 = time.time()
     n = store.n
+    block_rows = int(block_rows or _BLOCK_ROWS)
     codes = np.asarray(codes, np.uint8)
     if len(codes) != n:
         raise ValueError(f"codes has {len(codes)} rows, the store {n}")
