@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from mlet_jax.data.base import Dataset, Split
 from mlet_jax.embeddings import field_offsets
 
 # -- low-rank SVD ---------------------------------------------------------------------------------------------------
@@ -100,8 +101,6 @@ def hash_dataset(ds, fields: Sequence[int] | None = None, factor: float = 2.0):
     Every split is rewritten with ``id mod R_f``; ``id_counts`` are recomputed from the hashed training ids and
     ``meta["hashing"]`` records the fields and sizes.
     """
-    from mlet_jax.data.base import Dataset, Split
-
     schema = ds.schema
     fields = largest_fields(schema.vocab_sizes) if fields is None else tuple(int(f) for f in fields)
     sizes = hashed_vocab_sizes(schema.vocab_sizes, fields, factor)

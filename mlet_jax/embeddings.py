@@ -330,23 +330,23 @@ class FirstOrder(nn.Module):
         return Embeddings(self.vocab_sizes, spec, self.slots, self.pooling, self.param_dtype, self.row_multiple,
                           name="embeddings", **kw)
 
-    def _dense(self, logit_B: jax.Array, dense_BxN: jax.Array, w_N=None) -> jax.Array:
+    def _dense(self, logit_B: jax.Array, dense_BxM: jax.Array, w_M=None) -> jax.Array:
         if not self.num_dense:
             return logit_B
-        if w_N is None:
-            w_N = self.param("dense", nn.initializers.normal(self.std), (self.num_dense,), self.param_dtype)
-        return logit_B + dense_BxN.astype(self.param_dtype) @ w_N
+        if w_M is None:
+            w_M = self.param("dense", nn.initializers.normal(self.std), (self.num_dense,), self.param_dtype)
+        return logit_B + dense_BxM.astype(self.param_dtype) @ w_M
 
     @nn.compact
-    def __call__(self, dense_BxN: jax.Array, ids_BxS: jax.Array) -> jax.Array:
-        return self._dense(self.table_module()(ids_BxS).sum(axis=(1, 2)), dense_BxN)
+    def __call__(self, dense_BxM: jax.Array, ids_BxS: jax.Array) -> jax.Array:
+        return self._dense(self.table_module()(ids_BxS).sum(axis=(1, 2)), dense_BxM)
 
-    def lookup_slots(self, params: Mapping, slot_rows_Ux1: jax.Array, slot_BxS: jax.Array, dense_BxN,
+    def lookup_slots(self, params: Mapping, slot_rows_Ux1: jax.Array, slot_BxS: jax.Array, dense_BxM,
                      tile_field_T=None) -> jax.Array:
         """The same ``[B]`` first-order terms from the batch's gathered rows (see :meth:`Embeddings.lookup_slots`;
         the width-1 table is never projected, so ``tile_field_T`` is not needed)."""
         w_BxFx1 = self.table_module(parent=None).lookup_slots({}, slot_rows_Ux1, slot_BxS)
-        return self._dense(w_BxFx1.sum(axis=(1, 2)), dense_BxN, params.get("dense"))
+        return self._dense(w_BxFx1.sum(axis=(1, 2)), dense_BxM, params.get("dense"))
 
 
 class Features(NamedTuple):

@@ -168,11 +168,3 @@ def partitioned(groups: dict[str, optax.GradientTransformation],
 
     return optax.partition(groups, checked_labels)
 
-
-def __getattr__(name):
-    # RowSparse lives in mlet_jax.row_sparse with the rest of the row-sparse step; importable from here as before
-    if name in ("RowSparse", "RowSparseState"):
-        from mlet_jax import row_sparse
-
-        return getattr(row_sparse, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

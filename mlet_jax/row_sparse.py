@@ -130,9 +130,9 @@ def dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):
     if scratch_N is None:
         _, group = jnp.unique(safe, size=flat.size, fill_value=0, return_inverse=True)
         group = group.reshape(-1)
-        first_G = jnp.full((flat.size,), flat.size, jnp.int32).at[group].min(jnp.where(valid, occ, flat.size),
+        first_U = jnp.full((flat.size,), flat.size, jnp.int32).at[group].min(jnp.where(valid, occ, flat.size),
                                                                             mode="promise_in_bounds")
-        slot = first_G.at[group].get(mode="promise_in_bounds")
+        slot = first_U.at[group].get(mode="promise_in_bounds")
     else:
         # padding writes nowhere (an out-of-range index is dropped): its slot must not stand for row 0 of field 0
         scratch_N = scratch_N.at[jnp.where(valid, flat, scratch_N.shape[0])].set(occ, mode="drop")
@@ -242,8 +242,8 @@ def value_and_grad(model, loss_fn: Callable[[jax.Array], jax.Array], params: Map
     tables, rest = split_tables(params, stage.table_paths)
     dense = batch["dense"]
 
-    def grads(rows_R, ref_BxS, tile_field_T):
-        gathered = {p: t.at[rows_R].get(mode="promise_in_bounds") for p, t in tables.items()}
+    def grads(rows_G, ref_BxS, tile_field_T):
+        gathered = {p: t.at[rows_G].get(mode="promise_in_bounds") for p, t in tables.items()}
 
         def loss_of(rest_p, rows_p):
             p = traverse_util.unflatten_dict(rest_p)
@@ -255,7 +255,7 @@ def value_and_grad(model, loss_fn: Callable[[jax.Array], jax.Array], params: Map
         return loss, g_rest, g_rows
 
     slots = stage.slots if stage.slots is not None else (1,) * len(stage.vocab_sizes)
-    plan = compact_plan(stage.vocab_sizes, slots, ids_BxS.shape[0], stage.spec.kind == "mlet")
+    plan = compact_plan(stage.table_sizes, slots, ids_BxS.shape[0], stage.spec.kind == "mlet")
     if plan is None:  # as many distinct rows as slots may occur, or the capacity would be no smaller
         loss, g_rest, g_rows = grads(rows_U, slot_BxS, None)
         return loss, SparseGrads(g_rest, g_rows, rows_U, scratch_N)
@@ -270,9 +270,9 @@ def value_and_grad(model, loss_fn: Callable[[jax.Array], jax.Array], params: Map
     # RowSparse.update reads only the first chunk when the batch fit.
     n_pad = -(-rows_U.size // cap) * cap
 
-    def padded(loss, g_rest, g_rows, rows_R):
-        pad = n_pad - rows_R.size
-        return loss, g_rest, {p: jnp.pad(g, ((0, pad), (0, 0))) for p, g in g_rows.items()}, jnp.pad(rows_R, (0, pad))
+    def padded(loss, g_rest, g_rows, rows_G):
+        pad = n_pad - rows_G.size
+        return loss, g_rest, {p: jnp.pad(g, ((0, pad), (0, 0))) for p, g in g_rows.items()}, jnp.pad(rows_G, (0, pad))
 
     def compact(_):
         return padded(*grads(c.rows_C, c.ref_BxS, c.tile_field_T), c.rows_C)

@@ -30,9 +30,13 @@ import jax
 import numpy as np
 
 from mlet_jax.data.bars import PROTOCOLS
+from mlet_jax.data.registry import load_dataset
+from mlet_jax.distributed import initialize, make_mesh, parse_mesh
 from mlet_jax.embeddings import EmbeddingSpec, count_params
 from mlet_jax.io import atomic_write_text
-from mlet_jax.models.presets import paper_embedding, paper_optimizer, paper_train_config
+from mlet_jax.metrics import binary_metrics
+from mlet_jax.models import MODELS, build_model, collapse_model
+from mlet_jax.models.presets import paper_embedding, paper_loss_reduction, paper_optimizer
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer, fit
 
@@ -95,8 +99,6 @@ class RunConfig:
         if not (self.table_lr_mult > 0 and math.isfinite(self.table_lr_mult)):
             raise ValueError(f"--table-lr-mult must be > 0, got {self.table_lr_mult}")
         if self.mesh is not None:
-            from mlet_jax.distributed import parse_mesh
-
             parse_mesh(self.mesh)
         if self.checkpoint_every is not None and (self.checkpoint_every < 1 or self.checkpoint_dir is None):
             raise ValueError(f"--checkpoint-every must be >= 1 and needs --checkpoint-dir, got {self.checkpoint_every}")
@@ -119,7 +121,7 @@ class RunConfig:
     def train_config(self) -> TrainConfig:
         opt = self.optimizer_spec
         tables = opt.scaled(self.table_lr_mult) if self.table_lr_mult != 1.0 else None
-        reduction = self.loss_reduction or paper_train_config(self.model).loss_reduction
+        reduction = self.loss_reduction or paper_loss_reduction(self.model)
         return TrainConfig(optimizer=opt, table_optimizer=tables, sparse_tables=self.sparse_tables,
                            loss_reduction=reduction)
 
@@ -136,8 +138,6 @@ class RunConfig:
 
 
 def load(cfg: RunConfig):
-    from mlet_jax.data.registry import load_dataset
-
     return load_dataset(cfg.dataset, cfg.data_dir, **dict(cfg.data_options))
 
 
@@ -149,9 +149,6 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
     holds ``"_state"``, ``"_trainer"`` and ``"_dataset"`` for further analysis (not JSON-serializable).
     ``callbacks`` go to :func:`mlet_jax.training.fit` (``cb(step, state)`` after every step).
     """
-    from mlet_jax.distributed import make_mesh, parse_mesh
-    from mlet_jax.models import build_model, collapse_model
-
     ds = dataset if dataset is not None else load(cfg)
     model = build_model(cfg.model, ds.schema, cfg.embedding_spec, **dict(cfg.model_options))
     mesh = make_mesh(**parse_mesh(cfg.mesh)) if cfg.mesh else None
@@ -163,8 +160,6 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
                       callbacks=callbacks, checkpoint_dir=cfg.checkpoint_dir, checkpoint_every=cfg.checkpoint_every)
     wall = time.perf_counter() - t0
     logits = trainer.predict(state.params, ds.test, cfg.eval_batch_size)
-    from mlet_jax.metrics import binary_metrics
-
     test = binary_metrics(ds.test.label, logits)
     served_model, served_params = collapse_model(trainer.model, state.params)
     rec: dict[str, Any] = {
@@ -220,8 +215,6 @@ def _tri(text: str) -> bool | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from mlet_jax.models import MODELS
-
     p = argparse.ArgumentParser(prog="python -m mlet_jax.train", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="dlrm", choices=sorted(MODELS), help="CTR model")
@@ -335,8 +328,6 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         p.error(str(e))
     if (args.num_processes or 1) > 1 or args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        from mlet_jax.distributed import initialize
-
         initialize(args.coordinator_address, args.num_processes, args.process_id)
     rec = run(cfg, progress=not args.no_progress)
     text = json.dumps(rec, default=float)

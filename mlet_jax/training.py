@@ -30,6 +30,7 @@ import math
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -42,7 +43,9 @@ from flax import traverse_util
 
 from mlet_jax import distributed, row_sparse
 from mlet_jax import metrics as metrics_lib
-from mlet_jax.data.base import Split, batches
+from mlet_jax.checkpoint import Checkpointer, CheckpointWarning
+from mlet_jax.data.base import Split, batches, epoch_order
+from mlet_jax.models import presets
 from mlet_jax.optim import OptimizerSpec, partitioned
 from mlet_jax.row_sparse import RowSparse
 
@@ -81,6 +84,18 @@ class TrainConfig:
                              "cannot apply exactly; dense table updates touch every row every step (326-478x "
                              "slower per step on a 4.5M-row table): pass sparse_tables=False (--sparse-tables off) "
                              "to accept that cost")
+
+    @classmethod
+    def paper(cls, model: str, embedding_l2: float = 0.0) -> TrainConfig:
+        """The paper's optimizer and loss reduction for ``model`` (:mod:`mlet_jax.models.presets`).
+
+        ``embedding_l2 > 0`` reproduces DeepCTR-Torch's table L2 term as table weight decay, which row-sparse table
+        updates cannot apply exactly, so the tables are then updated densely.
+        """
+        tables = presets.paper_table_optimizer(model, embedding_l2)
+        return cls(optimizer=presets.paper_optimizer(model), table_optimizer=tables,
+                   sparse_tables=False if tables is not None else None,
+                   loss_reduction=presets.paper_loss_reduction(model))
 
     @property
     def tables(self) -> OptimizerSpec:
@@ -552,10 +567,6 @@ def fit(
 
 def _resume(trainer, state, directory, keep, *, seed, batch_size, steps_per_epoch):
     """Open ``directory``; restore its newest intact checkpoint (if any) into ``state``'s structure."""
-    import warnings
-
-    from mlet_jax.checkpoint import Checkpointer, CheckpointWarning
-
     ckpt = Checkpointer(directory, keep=keep)
     if ckpt.latest_step() is None:
         warnings.warn(f"no checkpoint in {ckpt.directory}: training starts fresh", CheckpointWarning, stacklevel=3)
@@ -620,10 +631,6 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
             return
         if len(last_good) < 2 or last_good[-2] not in ckpt.all_steps():
             return  # keep_checkpoints=1 left no older one: keep it rather than nothing
-        import warnings
-
-        from mlet_jax.checkpoint import CheckpointWarning
-
         bad = last_good.pop()
         ckpt.delete(bad)
         warnings.warn(f"removed checkpoint step {bad}: the loss computed on it (step {step}) was {v:.4g}, not within "
@@ -654,10 +661,6 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
         v = check(m["loss"], step, m.get("grad_norm"), None if "grad_norm" in m else state.params)
         if not healthy(v):
             if not skipping:
-                import warnings
-
-                from mlet_jax.checkpoint import CheckpointWarning
-
                 newest = f"step {last_good[-1]}" if last_good else "none"
                 warnings.warn(f"not checkpointing step {step}: its training loss {v:.4g} is above "
                               f"{HEALTHY_LOSS_FACTOR:g}x the running mean {mean_loss:.4g} (diverging?); the newest "
@@ -741,8 +744,6 @@ def _process_batches(trainer: Trainer, train: Split, batch_size: int, seed: int,
     if trainer.mesh is None or jax.process_count() == 1:
         yield from batches(train, batch_size, seed=seed, epoch=epoch)
         return
-    from mlet_jax.data.base import epoch_order
-
     lo, hi = distributed.process_rows(batch_size)
     order = epoch_order(len(train), seed=seed, shuffle=True, epoch=epoch)
     for start in range(0, (len(train) // batch_size) * batch_size, batch_size):

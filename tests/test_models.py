@@ -11,7 +11,8 @@ import pytest
 from mlet_jax.data.base import Schema
 from mlet_jax.embeddings import EmbeddingSpec, count_params
 from mlet_jax.models import MODELS, build_model, collapse_model
-from mlet_jax.models.presets import paper_embedding, paper_optimizer, paper_train_config
+from mlet_jax.models.presets import paper_embedding, paper_optimizer
+from mlet_jax.training import TrainConfig
 
 VOCAB = (5, 7, 11)
 F, N, D, K = 3, 23, 4, 6  # fields, total rows, embedding dim, MLET inner dim
@@ -209,7 +210,8 @@ def test_paper_presets():
     assert paper_embedding("nfm").table_init == "uniform"  # the baseline too
     assert paper_optimizer("dlrm").name == "sgd" and paper_optimizer("dlrm").lr == 0.2
     assert paper_optimizer("xdeepfm").name == "adagrad" and paper_optimizer("xdeepfm").lr == 0.02
-    cfg = paper_train_config("autoint")
+    cfg = TrainConfig.paper("autoint")
     assert cfg.table_optimizer is None and cfg.sparse and cfg.loss_reduction == "sum"
-    l2 = paper_train_config("autoint", embedding_l2=1e-5)
+    l2 = TrainConfig.paper("autoint", embedding_l2=1e-5)
     assert l2.table_optimizer.weight_decay == 2e-5 and not l2.sparse
+    assert TrainConfig.paper("dlrm").loss_reduction == "mean" and TrainConfig.paper("dlrm").optimizer.lr == 0.2

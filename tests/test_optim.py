@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from mlet_jax.optim import OptimizerSpec, RowSparse, partitioned, torch_adagrad, torch_sgd
+from mlet_jax.optim import OptimizerSpec, partitioned, torch_adagrad, torch_sgd
+from mlet_jax.row_sparse import RowSparse
 
 
 def np_torch_sgd(p, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):

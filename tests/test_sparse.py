@@ -9,7 +9,8 @@ import pytest
 
 from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.models.dlrm import DLRM
-from mlet_jax.optim import OptimizerSpec, RowSparse
+from mlet_jax.optim import OptimizerSpec
+from mlet_jax.row_sparse import RowSparse
 from mlet_jax.training import TrainConfig, Trainer
 
 VOCAB = (3, 7, 50, 200)

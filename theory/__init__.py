@@ -11,6 +11,7 @@ References:
 from theory.enhancement import MeasuredEnhancement, measured_enhancement
 from theory.params import from_params
 from theory.spectral import (
+    DENSE_MAX_N,
     SVDFactors,
     count_nonzero_enhancement_factors,
     enhancement_factors,
@@ -18,7 +19,6 @@ from theory.spectral import (
     svd_factors,
 )
 from theory.updates import (
-    DENSE_MAX_N,
     first_order_update,
     second_order_term,
     single_layer_sgd_step,

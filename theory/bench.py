@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from theory.checks import random_case, rel
-from theory.updates import DENSE_MAX_N, first_order_update, spectral_update
+from theory.spectral import DENSE_MAX_N
+from theory.updates import first_order_update, spectral_update
 
 
 def best_time(fn, repeats: int):

@@ -27,16 +27,30 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+from mlet_jax.embeddings import EmbeddingSpec, collapse
+from mlet_jax.models.dlrm import DLRM
+from mlet_jax.optim import torch_sgd
+from theory.enhancement import (
+    adagrad_first_step_prediction,
+    make_optimizer,
+    measured_enhancement,
+    two_layer_step,
+    x64,
+)
+from theory.params import field_matrix, field_rows, from_params
 from theory.spectral import (
+    DENSE_MAX_N,
     count_nonzero_enhancement_factors,
     full_right_vectors,
     measured_nonzero_enhancement_factors,
     svd_factors,
 )
 from theory.updates import (
-    DENSE_MAX_N,
     first_order_update,
     second_order_term,
     single_layer_sgd_step,
@@ -277,15 +291,6 @@ def _dlrm_case(seed: int, vocab_sizes: tuple[int, ...], d: int, k: int, batch: i
         ``params``, ``grads`` and ``new_params`` (numpy trees), ``G_table`` (``[n_total, d]``: ``dL/dW^T``),
         ``ids`` (``[batch, F]`` local ids), ``losses`` (MLET and collapsed model, equal), and the settings.
     """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from mlet_jax.embeddings import EmbeddingSpec, collapse
-    from mlet_jax.models.dlrm import DLRM
-    from mlet_jax.optim import torch_sgd
-    from theory.enhancement import x64
-
     vocab_sizes = tuple(int(v) for v in vocab_sizes)
     rng = np.random.default_rng(seed)
     dense = rng.standard_normal((batch, num_dense))
@@ -333,8 +338,6 @@ def check_dlrm(seed: int = 0, **case_kwargs) -> list[Check]:
     ids) and of the real step (all ``n``), and the non-zero enhancement factor count. Check 3's slope uses field 0
     with ``G / ||G||``.
     """
-    from theory.params import field_matrix, field_rows, from_params
-
     c = dlrm_case(seed, **case_kwargs)
     vocab, lr = c["vocab_sizes"], c["lr"]
     grad_table, grad_proj = c["grads"]["embeddings"]["table"], c["grads"]["embeddings"]["projection"]
@@ -386,8 +389,6 @@ def check_enhancement(W1, W2, G, lrs: Sequence[float] = (1e-3, 1e-4), label: str
     The SGD deviation is exactly ``eta |t_ij / g_ij|``, so its median over directions falls 10x per decade of
     ``eta``: the fitted slope of log(median deviation) over log(eta) is 1.
     """
-    from theory.enhancement import adagrad_first_step_prediction, make_optimizer, measured_enhancement, two_layer_step
-
     devs = [float(np.median(measured_enhancement(W1, W2, G, "sgd", lr).relative_deviation())) for lr in lrs]
     sgd_slope = float(np.polyfit(np.log(lrs), np.log(devs), 1)[0])
     W = np.asarray(W1) @ np.asarray(W2)
@@ -409,10 +410,6 @@ def check_enhancement(W1, W2, G, lrs: Sequence[float] = (1e-3, 1e-4), label: str
 def optimizer_summaries(W1, W2, G, projection_std: float = 0.25) -> list[dict[str, Any]]:
     """One line per optimizer (SGD, torch Adagrad, optax Adam as an arbitrary optax transformation): how the
     measured enhancement factors of one real step compare with the SGD theory ``sigma1^2 + sigma2^2``."""
-    import optax
-
-    from theory.enhancement import measured_enhancement
-
     d, k = np.shape(W1)
     out = []
     for name, opt, lr in (("sgd", "sgd", 1e-3), ("adagrad (torch)", "adagrad", 0.02),

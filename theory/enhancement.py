@@ -28,16 +28,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+import jax
 import numpy as np
+import optax
 
+from mlet_jax import optim
 from theory.spectral import as_f64, check_shapes, svd_factors
 
 
 @contextlib.contextmanager
 def x64():
     """JAX with 64-bit types for the duration (restored afterwards)."""
-    import jax
-
     with jax.enable_x64(True):
         yield
 
@@ -47,8 +48,6 @@ def make_optimizer(optimizer, lr: float):
     :mod:`mlet_jax.optim` (``torch_sgd``, ``torch_adagrad``: accumulator from 0, eps 1e-10 outside the root); any
     other value must already be an optax transformation."""
     if isinstance(optimizer, str):
-        from mlet_jax import optim
-
         rules = {"sgd": optim.torch_sgd, "adagrad": optim.torch_adagrad}
         if optimizer not in rules:
             raise ValueError(f"optimizer must be 'sgd', 'adagrad' or an optax transformation, got {optimizer!r}")
@@ -60,9 +59,6 @@ def make_optimizer(optimizer, lr: float):
 
 def optimizer_step(tx, params: dict, grads: dict, steps: int = 1) -> dict:
     """Parameters after ``steps`` updates of ``tx`` with the same gradients (float64 numpy in and out)."""
-    import jax
-    import optax
-
     with x64():
         p = {k: jax.numpy.asarray(v, jax.numpy.float64) for k, v in params.items()}
         g = {k: jax.numpy.asarray(v, jax.numpy.float64) for k, v in grads.items()}

@@ -23,6 +23,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+# full_right_vectors (the dense spectral form of theory.updates) builds the full n x n V (128 MiB at n = 4096) and
+# LAPACK's full SVD of W2 (1.6 s at n = 4096, k = 64 on the project's 2-core box); beyond this it refuses rather
+# than exhaust memory.
+DENSE_MAX_N = 4096
+
 # Above this many columns a wide W2 is factored through its k x k Gram matrix (Cholesky QR) instead of LAPACK's SVD,
 # which is ~100x slower on a 128 x 10^6 matrix on this machine (88 s versus ~2 s).
 LAPACK_MAX_N = 8192
@@ -187,10 +192,8 @@ def svd_factors(W1, W2, method: str = "auto") -> SVDFactors:
 def full_right_vectors(W2, max_n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(V, sigma2)`` with the full ``n x n`` orthogonal ``V`` and ``sigma2`` zero-padded to length ``n``.
 
-    Brute force for small ``n`` only: refuses ``n > max_n`` (default :data:`theory.updates.DENSE_MAX_N`).
+    Brute force for small ``n`` only: refuses ``n > max_n`` (default :data:`DENSE_MAX_N`).
     """
-    from theory.updates import DENSE_MAX_N
-
     W2 = as_f64("W2", W2)
     k, n = W2.shape
     limit = DENSE_MAX_N if max_n is None else max_n

@@ -26,10 +26,6 @@ from theory.spectral import (
     svd_factors,
 )
 
-# The dense spectral form builds the full n x n V (128 MiB at n = 4096) and LAPACK's full SVD of W2 (1.6 s at
-# n = 4096, k = 64 on the project's 2-core box); beyond this it refuses rather than exhaust memory.
-DENSE_MAX_N = 4096
-
 
 def single_layer_sgd_step(W, G, eta: float) -> np.ndarray:
     """One SGD step of a single-layer table: ``W - eta G`` (Eq. 4).
@@ -85,7 +81,7 @@ def spectral_update(W1, W2, G, method: str = "thin", svd_method: str = "auto") -
     re-weighted by the enhancement factors. Two exact ways to sum it:
 
     * ``method="dense"``: brute force with the full ``n x n`` ``V``: ``U (C * E) V^T`` with ``C = U^T G V`` and
-      ``E[i, j] = sigma1(i)^2 + sigma2(j)^2``. Refuses ``n > DENSE_MAX_N`` (4096) with a ValueError.
+      ``E[i, j] = sigma1(i)^2 + sigma2(j)^2``. Refuses ``n > theory.spectral.DENSE_MAX_N`` (4096) with a ValueError.
     * ``method="thin"``: only ``V_r`` (n x r, ``r = min(k, n)``). Split ``U^T G = C_r V_r^T + R`` with
       ``C_r = U^T G V_r`` the coefficients on ``v_1..v_r`` and ``R = U^T G (I - V_r V_r^T)`` the rest. Every
       ``v_j`` with ``j > r`` spans the null space of ``W2``, so ``sigma2(j) = 0`` and its factor is ``sigma1(i)^2``

@@ -149,11 +149,11 @@ class Dataset:
                 s.validate(self.schema, f"{self.name}/{nm}")
 
 
-def count_ids(ids_NxS: np.ndarray, schema: Schema) -> tuple[np.ndarray, ...]:
+def count_ids(ids_BxS: np.ndarray, schema: Schema) -> tuple[np.ndarray, ...]:
     """Per-field occurrence counts of each id (bag padding ignored)."""
     out, col = [], 0
     for v, s in zip(schema.vocab_sizes, schema.slots, strict=True):
-        x = np.asarray(ids_NxS[:, col:col + s]).ravel()
+        x = np.asarray(ids_BxS[:, col:col + s]).ravel()
         x = x[x >= 0]
         out.append(np.bincount(x, minlength=v).astype(np.int64))
         col += s

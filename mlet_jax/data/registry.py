@@ -19,9 +19,11 @@ import shutil
 import time
 import warnings
 
+from mlet_jax.data.arrays import load_arrays
 from mlet_jax.data.base import Dataset
 from mlet_jax.data.cache import CacheWriter, check_out, fingerprint, open_cache, read_meta, source_changes
 from mlet_jax.data.options import OptionError, check_options
+from mlet_jax.data.synthetic import make_synthetic
 
 FILE_DATASETS = ("criteo", "avazu", "movielens", "table")
 PROTOCOL_DATASETS = ("bars",)  # BARS presets (mlet_jax.data.bars), chosen with --protocol
@@ -103,12 +105,8 @@ def load_dataset(name: str, data_dir: str | None = None, **options) -> Dataset:
             raw input goes; default ``$MLET_JAX_CACHE`` or ``~/.cache/mlet_jax``), ``progress`` and ``rebuild``.
     """
     if name == "synthetic":
-        from mlet_jax.data.synthetic import make_synthetic
-
         return make_synthetic(**options)
     if name == "arrays":
-        from mlet_jax.data.arrays import load_arrays
-
         if data_dir is None:
             raise ValueError("arrays: data_dir must be the PREFIX of PREFIX_train.npz / PREFIX_test.npz")
         return load_arrays(data_dir, **options)

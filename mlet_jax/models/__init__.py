@@ -19,7 +19,7 @@ from mlet_jax.models.dcn import DCN
 from mlet_jax.models.deepfm import DeepFM
 from mlet_jax.models.dlrm import DLRM
 from mlet_jax.models.nfm import NFM
-from mlet_jax.models.presets import paper_embedding, paper_train_config
+from mlet_jax.models.presets import paper_embedding, paper_optimizer
 from mlet_jax.models.wdl import WDL
 from mlet_jax.models.xdeepfm import XDeepFM
 
@@ -50,7 +50,7 @@ def strip_padding(model: nn.Module, params) -> tuple[nn.Module, dict]:
     rows (never indexed, so the logits are the same)."""
     if model.row_multiple == 1:
         return model, params
-    n = int(sum(model.vocab_sizes))
+    n = int(sum(model.embedding_stage().table_sizes))  # OOV rows included (mlet_jax.oov)
     flat = traverse_util.flatten_dict(dict(params))
     for path in model.embedding_stage().table_paths:
         flat[path] = flat[path][:n]
@@ -65,9 +65,10 @@ def collapse_model(model: nn.Module, params, strip: bool = True) -> tuple[nn.Mod
     them, to run the collapsed model on the same mesh).
     """
     if model.embedding.kind != "single":
-        model, params = model.clone(embedding=model.embedding.collapsed()), collapse(params, model.vocab_sizes)
+        sizes = model.embedding_stage().table_sizes  # OOV rows included (mlet_jax.oov)
+        model, params = model.clone(embedding=model.embedding.collapsed()), collapse(params, sizes)
     return strip_padding(model, params) if strip else (model, params)
 
 
 __all__ = ["MODELS", "AutoInt", "DCN", "DLRM", "DeepFM", "NFM", "WDL", "XDeepFM", "build_model", "collapse_model",
-           "paper_embedding", "paper_train_config", "strip_padding"]
+           "paper_embedding", "paper_optimizer", "strip_padding"]

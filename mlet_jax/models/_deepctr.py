@@ -49,7 +49,7 @@ class DeepCTRModel(CTRModel):
             logit_B = logit_B + features.first_B
         return logit_B
 
-    def deep(self, x_BxN: jax.Array, train: bool) -> jax.Array:
+    def deep(self, x_BxI: jax.Array, train: bool) -> jax.Array:
         """DeepCTR's DNN: ReLU after every layer (dropout after each when training)."""
         return MLP(self.dnn, weight_init="normal", dropout=self.dnn_dropout, param_dtype=self.param_dtype,
-                   name="dnn")(x_BxN, train=train)
+                   name="dnn")(x_BxI, train=train)

@@ -33,7 +33,7 @@ class AutoInt(DeepCTRModel):
     att_res: bool = True
 
     @nn.compact
-    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxM: jax.Array, *, train: bool = False) -> jax.Array:
         if not self.dnn and not self.att_layer_num:
             raise ValueError("AutoInt needs a DNN or at least one interacting layer")
         emb_BxFxD = features.emb_BxFxD
@@ -45,6 +45,6 @@ class AutoInt(DeepCTRModel):
                                            self.param_dtype, name=f"interacting_{i}")(h_BxFxE)
             parts.append(h_BxFxE.reshape(h_BxFxE.shape[0], -1))
         if self.dnn:
-            parts.append(self.deep(deep_input(emb_BxFxD, dense_BxD), train))
+            parts.append(self.deep(deep_input(emb_BxFxD, dense_BxM), train))
         out_B = head(jnp.concatenate(parts, axis=1), "dnn_linear", self.param_dtype)
         return self.first_order(features) + out_B

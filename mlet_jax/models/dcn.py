@@ -28,15 +28,15 @@ class DCN(DeepCTRModel):
     cross_num: int = 2
 
     @nn.compact
-    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxM: jax.Array, *, train: bool = False) -> jax.Array:
         if not self.dnn and not self.cross_num:
             raise ValueError("DCN needs a DNN or at least one cross layer")
         emb_BxFxD = features.emb_BxFxD
-        x0_BxN = deep_input(emb_BxFxD, dense_BxD)
+        x0_BxI = deep_input(emb_BxFxD, dense_BxM)
         parts = []
         if self.cross_num:
-            parts.append(CrossNet(self.cross_num, self.param_dtype, name="crossnet")(x0_BxN))
+            parts.append(CrossNet(self.cross_num, self.param_dtype, name="crossnet")(x0_BxI))
         if self.dnn:
-            parts.append(self.deep(x0_BxN, train))
+            parts.append(self.deep(x0_BxI, train))
         out_B = head(jnp.concatenate(parts, axis=1), "dnn_linear", self.param_dtype)
         return self.first_order(features) + out_B

@@ -26,12 +26,12 @@ class DeepFM(DeepCTRModel):
     use_fm: bool = True
 
     @nn.compact
-    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxM: jax.Array, *, train: bool = False) -> jax.Array:
         emb_BxFxD = features.emb_BxFxD
         logit_B = self.first_order(features)
         if self.use_fm:
             logit_B = logit_B + fm_interaction(emb_BxFxD)
         if self.dnn:
-            logit_B = logit_B + head(self.deep(deep_input(emb_BxFxD, dense_BxD), train), "dnn_linear",
+            logit_B = logit_B + head(self.deep(deep_input(emb_BxFxD, dense_BxM), train), "dnn_linear",
                                      self.param_dtype)
         return logit_B

@@ -35,13 +35,13 @@ class DLRM(CTRModel):
     top_mlp: tuple[int, ...] = (512, 256)
 
     @nn.compact
-    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxM: jax.Array, *, train: bool = False) -> jax.Array:
         emb_BxFxD = features.emb_BxFxD
         vecs = emb_BxFxD
         parts = []
         if self.num_dense:
             x_BxD = MLP((*self.bottom_mlp, self.embedding.dim), weight_init="dlrm", param_dtype=self.param_dtype,
-                        name="bottom_mlp")(dense_BxD.astype(self.param_dtype))
+                        name="bottom_mlp")(dense_BxM.astype(self.param_dtype))
             vecs = jnp.concatenate([x_BxD[:, None, :], emb_BxFxD], axis=1)
             parts.append(x_BxD)
         parts.append(dot_interaction(vecs))

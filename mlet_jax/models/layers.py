@@ -80,16 +80,16 @@ def _torch_bias_init(fan_in: int):
     return init
 
 
-def dot_interaction(t_BxNxD: jax.Array) -> jax.Array:
+def dot_interaction(t_BxVxD: jax.Array) -> jax.Array:
     """DLRM's dot interaction: the ``N (N - 1) / 2`` pairwise dot products ``<t_i, t_j>``, ``i < j``.
 
     ``Z = T T^T``; the strictly upper triangle in row-major order (the DLRM reference takes the strictly lower
     triangle of the same symmetric matrix).
     """
-    n = t_BxNxD.shape[1]
-    z_BxNxN = jnp.einsum("bnd,bmd->bnm", t_BxNxD, t_BxNxD)
+    n = t_BxVxD.shape[1]
+    z_BxVxV = jnp.einsum("bnd,bmd->bnm", t_BxVxD, t_BxVxD)
     iu, ju = np.triu_indices(n, k=1)
-    return z_BxNxN[:, iu, ju]
+    return z_BxVxV[:, iu, ju]
 
 
 # -- DeepCTR-Torch blocks ----------------------------------------------------------------------------------------
@@ -101,16 +101,16 @@ torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 """``torch.nn.Linear``'s default weight init, U(+-1/sqrt(fan_in)), for Flax ``[fan_in, fan_out]`` kernels."""
 
 
-def head(x_BxH: jax.Array, name: str, param_dtype: Any = jnp.float32) -> jax.Array:
+def head(x_BxO: jax.Array, name: str, param_dtype: Any = jnp.float32) -> jax.Array:
     """DeepCTR's bias-free logit head ``nn.Linear(H, 1, bias=False)``: ``[B, H] -> [B]``."""
     return nn.Dense(1, use_bias=False, kernel_init=torch_linear_init, param_dtype=param_dtype, dtype=param_dtype,
-                    name=name)(x_BxH)[:, 0]
+                    name=name)(x_BxO)[:, 0]
 
 
-def deep_input(emb_BxFxD: jax.Array, dense_BxN: jax.Array) -> jax.Array:
+def deep_input(emb_BxFxD: jax.Array, dense_BxM: jax.Array) -> jax.Array:
     """DeepCTR's ``combined_dnn_input``: ``[flatten(emb), dense]`` of width ``F d + num_dense``."""
     flat = emb_BxFxD.reshape(emb_BxFxD.shape[0], -1)
-    return jnp.concatenate([flat, dense_BxN.astype(flat.dtype)], axis=1) if dense_BxN.shape[1] else flat
+    return jnp.concatenate([flat, dense_BxM.astype(flat.dtype)], axis=1) if dense_BxM.shape[1] else flat
 
 
 def fm_interaction(v_BxFxD: jax.Array) -> jax.Array:
@@ -152,15 +152,15 @@ class CrossNet(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x0_BxN: jax.Array) -> jax.Array:
-        n = x0_BxN.shape[-1]
+    def __call__(self, x0_BxI: jax.Array) -> jax.Array:
+        n = x0_BxI.shape[-1]
         std = np.sqrt(2.0 / (n + 1))
-        x_BxN = x0_BxN
+        x_BxI = x0_BxI
         for i in range(self.num_layers):
-            w_N = self.param(f"kernel_{i}", nn.initializers.normal(std), (n,), self.param_dtype)
-            b_N = self.param(f"bias_{i}", nn.initializers.zeros, (n,), self.param_dtype)
-            x_BxN = x0_BxN * (x_BxN @ w_N)[:, None] + b_N[None, :] + x_BxN
-        return x_BxN
+            w_I = self.param(f"kernel_{i}", nn.initializers.normal(std), (n,), self.param_dtype)
+            b_I = self.param(f"bias_{i}", nn.initializers.zeros, (n,), self.param_dtype)
+            x_BxI = x0_BxI * (x_BxI @ w_I)[:, None] + b_I[None, :] + x_BxI
+        return x_BxI
 
 
 class CIN(nn.Module):
@@ -190,22 +190,22 @@ class CIN(nn.Module):
         b, f, d = x0_BxFxD.shape
         # Work in [B, D, maps] layout, so each layer's compression is one [B D, H F] x [H F, C] matrix product.
         x0_BxDxF = jnp.swapaxes(x0_BxFxD, 1, 2)
-        x_BxDxH, outs = x0_BxDxF, []
+        x_BxDxP, outs = x0_BxDxF, []
         for i, size in enumerate(self.layer_sizes):
             last = i == len(self.layer_sizes) - 1
             if self.split_half and not last and size % 2:
                 raise ValueError(f"CIN layer sizes must be even except the last with split_half, got {size}")
-            fan_in = x_BxDxH.shape[2] * f
+            fan_in = x_BxDxP.shape[2] * f
             bound = 1.0 / np.sqrt(fan_in)  # torch Conv1d default: U(+-1/sqrt(in_channels * kernel_size))
             uni = lambda key, shape, dtype, bound=bound: jax.random.uniform(key, shape, dtype, -bound, bound)
-            w_HFxC = self.param(f"kernel_{i}", uni, (fan_in, size), self.param_dtype)
-            b_C = self.param(f"bias_{i}", uni, (size,), self.param_dtype)
-            z_BxDxHF = (x_BxDxH[:, :, :, None] * x0_BxDxF[:, :, None, :]).reshape(b, d, fan_in)
-            h_BxDxC = nn.relu(z_BxDxHF @ w_HFxC + b_C[None, None, :])
+            w_PFxQ = self.param(f"kernel_{i}", uni, (fan_in, size), self.param_dtype)
+            b_Q = self.param(f"bias_{i}", uni, (size,), self.param_dtype)
+            z_BxDxPF = (x_BxDxP[:, :, :, None] * x0_BxDxF[:, :, None, :]).reshape(b, d, fan_in)
+            h_BxDxQ = nn.relu(z_BxDxPF @ w_PFxQ + b_Q[None, None, :])
             if self.split_half and not last:
-                x_BxDxH, direct = h_BxDxC[:, :, : size // 2], h_BxDxC[:, :, size // 2:]
+                x_BxDxP, direct = h_BxDxQ[:, :, : size // 2], h_BxDxQ[:, :, size // 2:]
             else:
-                x_BxDxH, direct = h_BxDxC, h_BxDxC
+                x_BxDxP, direct = h_BxDxQ, h_BxDxQ
             outs.append(direct.sum(axis=1))
         return jnp.concatenate(outs, axis=1)
 

@@ -27,12 +27,12 @@ class NFM(DeepCTRModel):
     bi_dropout: float = 0.0
 
     @nn.compact
-    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxM: jax.Array, *, train: bool = False) -> jax.Array:
         if not self.dnn:
             raise ValueError("NFM needs at least one DNN layer")
         emb_BxFxD = features.emb_BxFxD
         bi_BxD = bi_interaction(emb_BxFxD)
         if self.bi_dropout and train:
             bi_BxD = nn.Dropout(self.bi_dropout, deterministic=False)(bi_BxD)
-        deep_BxH = self.deep(deep_input(bi_BxD[:, None, :], dense_BxD), train)
-        return self.first_order(features) + head(deep_BxH, "dnn_linear", self.param_dtype)
+        deep_BxO = self.deep(deep_input(bi_BxD[:, None, :], dense_BxM), train)
+        return self.first_order(features) + head(deep_BxO, "dnn_linear", self.param_dtype)

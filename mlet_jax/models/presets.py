@@ -13,9 +13,6 @@ import dataclasses
 from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.optim import OptimizerSpec
 
-BATCH_SIZE = 256
-EPOCHS = 1
-
 
 def paper_embedding(model: str, kind: str = "single", dim: int = 16, inner_dim: int | None = None,
                     **overrides) -> EmbeddingSpec:
@@ -30,16 +27,17 @@ def paper_optimizer(model: str) -> OptimizerSpec:
     return OptimizerSpec("sgd", lr=0.2) if model == "dlrm" else OptimizerSpec("adagrad", lr=0.02)
 
 
-def paper_train_config(model: str, embedding_l2: float = 0.0):
-    """A :class:`mlet_jax.training.TrainConfig` with the paper's optimizer.
+def paper_loss_reduction(model: str) -> str:
+    """``"mean"`` for DLRM (its reference averages the loss), ``"sum"`` for the DeepCTR-Torch models
+    (``loss_reduction="sum"``)."""
+    return "mean" if model == "dlrm" else "sum"
 
-    DeepCTR-Torch sums the loss over the batch (``loss_reduction="sum"``) and adds ``l2 * ||W||^2`` for every table;
-    ``embedding_l2`` reproduces that term as the table optimizer's ``weight_decay = 2 * l2`` (the paper: 0, which
-    also keeps the exact row-sparse table updates available). DLRM averages the loss, as its reference does.
+
+def paper_table_optimizer(model: str, embedding_l2: float = 0.0) -> OptimizerSpec | None:
+    """The tables' optimizer when it differs from :func:`paper_optimizer`, else ``None``.
+
+    DeepCTR-Torch adds ``l2 * ||W||^2`` for every table; ``embedding_l2`` reproduces that term as the table
+    optimizer's ``weight_decay = 2 * l2`` (the paper: 0, which keeps the exact row-sparse table updates available).
+    :meth:`mlet_jax.training.TrainConfig.paper` puts these specs together.
     """
-    from mlet_jax.training import TrainConfig  # models do not otherwise depend on the training loop
-
-    opt = paper_optimizer(model)
-    tables = dataclasses.replace(opt, weight_decay=2.0 * embedding_l2) if embedding_l2 else None
-    return TrainConfig(optimizer=opt, table_optimizer=tables, sparse_tables=False if embedding_l2 else None,
-                       loss_reduction="mean" if model == "dlrm" else "sum")
+    return dataclasses.replace(paper_optimizer(model), weight_decay=2.0 * embedding_l2) if embedding_l2 else None

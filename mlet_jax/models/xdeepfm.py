@@ -28,13 +28,13 @@ class XDeepFM(DeepCTRModel):
     cin_split_half: bool = True
 
     @nn.compact
-    def body(self, features: Features, dense_BxD: jax.Array, *, train: bool = False) -> jax.Array:
+    def body(self, features: Features, dense_BxM: jax.Array, *, train: bool = False) -> jax.Array:
         emb_BxFxD = features.emb_BxFxD
         logit_B = self.first_order(features)
         if self.cin_layer_size:
             cin_BxM = CIN(self.cin_layer_size, self.cin_split_half, self.param_dtype, name="cin")(emb_BxFxD)
             logit_B = logit_B + head(cin_BxM, "cin_linear", self.param_dtype)
         if self.dnn:
-            logit_B = logit_B + head(self.deep(deep_input(emb_BxFxD, dense_BxD), train), "dnn_linear",
+            logit_B = logit_B + head(self.deep(deep_input(emb_BxFxD, dense_BxM), train), "dnn_linear",
                                      self.param_dtype)
         return logit_B
