@@ -247,8 +247,9 @@ def test_train_end_to_end(tmp_path):
                     str(out)], check=True, cwd=ROOT, env={**os.environ, "MLET_JAX_CACHE": str(tmp_path / "cache")},
                    capture_output=True)
     rec = json.loads(out.read_text())
-    assert rec["config"]["d"] == 16 if "config" in rec else True
-    assert 0.0 <= rec["test"]["auc"] <= 1.0
+    assert rec["settings"]["d"] == 16 and rec["settings"]["dataset"] == "bars"
+    assert rec["dataset_meta"]["protocol"] == "criteo_x4_001" and rec["steps"] == 6  # 600 train rows / 100
+    assert 0.0 <= rec["test_auc"] <= 1.0
 
 
 def test_live_fuxictr(tmp_path):
