@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"argument --out: {a.out} exists; generate writes only a new file")
     try:
         info = generate(a.dataset, a.out, scale=a.scale, seed=a.seed, rows=a.rows, progress=not a.no_progress)
-    except ValueError as e:
-        ap.error(str(e))
+    except ValueError as e:          # rows beyond the file at this scale
+        ap.error(f"argument --rows: {e}")
     import json
 
     print(json.dumps(info))
