@@ -1,6 +1,6 @@
-"""experiments/bench_rows.py runs in smoke mode and reports one time per width."""
+"""benchmarks/bench_rows.py runs in smoke mode and reports one time per width."""
 
-from experiments import bench_rows
+from benchmarks import bench_rows
 
 
 def test_smoke_reports_each_width():

@@ -1,4 +1,4 @@
-"""experiments/bench_vs_deepctr.py: smoke mode (tiny arrays, no DeepCTR-Torch) and the markdown table."""
+"""benchmarks/bench_vs_deepctr.py: smoke mode (tiny arrays, no DeepCTR-Torch) and the markdown table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "experiments", "bench_vs_deepctr.py")
+_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_vs_deepctr.py")
 
 
 def _bench():

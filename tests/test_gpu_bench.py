@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 
-from experiments import gpu_bench
+from benchmarks import gpu_bench
 
 
 def test_smoke_mode_prints_table_last(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""experiments/parity_deepctr.py's weight mapping, without torch: DeepCTR-Torch-layout DCN weights, mapped into
+"""benchmarks/parity_deepctr.py's weight mapping, without torch: DeepCTR-Torch-layout DCN weights, mapped into
 mlet_jax's DCN, give the logits of a numpy float64 transcription of DeepCTR-Torch's DCN forward."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from experiments.parity_deepctr import to_mlet_params
+from benchmarks.parity_deepctr import to_mlet_params
 from mlet_jax.data.base import Schema
 from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.models import build_model

@@ -1,4 +1,4 @@
-"""experiments/profile_step.py: the trace aggregation (hand-made trace) and a smoke run on tiny arrays."""
+"""benchmarks/profile_step.py: the trace aggregation (hand-made trace) and a smoke run on tiny arrays."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from experiments import profile_step
+from benchmarks import profile_step
 
 
 def test_aggregate_sums_complete_events_per_step(tmp_path):

@@ -7,10 +7,10 @@ fresh subprocess, so ``ru_maxrss`` is that case's own peak; the JAX runtime's re
 
 Commands (the BENCHMARKS.md numbers)::
 
-    .venv/bin/python -m experiments.bench_init_memory --vocab scaled     # 4.5M rows: ~2.2 GiB state, ~1 min
-    .venv/bin/python -m experiments.bench_init_memory --vocab criteo --steps 10 --batch 2048
+    .venv/bin/python -m benchmarks.bench_init_memory --vocab scaled     # 4.5M rows: ~2.2 GiB state, ~1 min
+    .venv/bin/python -m benchmarks.bench_init_memory --vocab criteo --steps 10 --batch 2048
                                                                           # 33.8M rows: ~17 GB state, ~2 min
-    .venv/bin/python -m experiments.bench_init_memory --vocab scaled --devices 8   # the same on an 8-device mesh
+    .venv/bin/python -m benchmarks.bench_init_memory --vocab scaled --devices 8   # the same on an 8-device mesh
 
 ``--vocab criteo`` uses the 26 Criteo-Kaggle DLRM table sizes (33,762,577 rows); ``scaled`` the same sizes scaled to
 4.5M rows. The acceptance bar (issue 13): init peak <= 1.3x the state's bytes, and the Criteo-size run must fit a
@@ -110,7 +110,7 @@ def main(argv=None) -> None:
     if args.case:
         print("RESULT" + json.dumps(_case(args.vocab, args.steps, args.batch, args.devices)))
         return
-    cmd = [sys.executable, "-m", "experiments.bench_init_memory", "--case", "--vocab", args.vocab,
+    cmd = [sys.executable, "-m", "benchmarks.bench_init_memory", "--case", "--vocab", args.vocab,
            "--steps", str(args.steps), "--batch", str(args.batch), "--devices", str(args.devices)]
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}"}
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)

@@ -7,7 +7,7 @@ bar: largest-n over smallest-n step time <= 1.3).
 
 Command (the BENCHMARKS.md numbers; about 4 minutes on the 2-core CPU box, peak memory about 8 GB at 10^7 rows)::
 
-    .venv/bin/python -m experiments.bench_sparse
+    .venv/bin/python -m benchmarks.bench_sparse
 
 The same-batch sparse runs are timed round-robin over the sizes (one step of each size per round), so load drift on a
 shared machine hits every size alike. Quick look: ``--sizes 10000 100000 --steps 5``. ``--optimizer adagrad`` adds

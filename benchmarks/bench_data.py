@@ -11,7 +11,7 @@ categoricals, Zipf-distributed ids), then in one run and on the same file:
 
 Command (about 3 minutes on the 2-core box; needs ``pip install pandas``)::
 
-    .venv/bin/python experiments/bench_data.py --rows 2000000 --workdir /tmp/mlet_bench_data
+    .venv/bin/python benchmarks/bench_data.py --rows 2000000 --workdir /tmp/mlet_bench_data
 
 Prints one JSON line with rows/s of both pipelines, their ratio and the batch iterator's samples/s.
 """

@@ -1,6 +1,6 @@
 """Where one mlet_jax train step spends its time: XLA thunks from a ``jax.profiler`` trace, summed per op.
 
-Builds a model exactly as ``experiments/bench_vs_deepctr.py`` does (Adagrad lr 0.02, summed loss, DeepCTR-Torch's
+Builds a model exactly as ``benchmarks/bench_vs_deepctr.py`` does (Adagrad lr 0.02, summed loss, DeepCTR-Torch's
 embedding init for single-layer, the paper's for MLET), on the peer bench's ``.npz`` files (or tiny generated ones
 with ``--smoke``), runs ``--steps`` donated train steps under ``jax.profiler.trace`` and prints the per-step
 milliseconds of the heaviest XLA ops with the op's HLO (``--hlo`` prints the fused computation of each), then the
@@ -8,7 +8,7 @@ compiled step's FLOPs. Use it before optimizing a model's step; BENCHMARKS.md qu
 
 Command (BENCHMARKS.md)::
 
-    .venv/bin/python -m experiments.profile_step --model autoint --kind single --batch 1024
+    .venv/bin/python -m benchmarks.profile_step --model autoint --kind single --batch 1024
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main(argv=None) -> list[tuple[str, float, int]]:
     import jax
     import numpy as np
 
-    from experiments.bench_vs_deepctr import write_tiny_arrays
+    from benchmarks.bench_vs_deepctr import write_tiny_arrays
     from mlet_jax.data import load_dataset
     from mlet_jax.embeddings import EmbeddingSpec
     from mlet_jax.models import build_model

@@ -14,7 +14,7 @@ steps of either sign.
 
 Command (BENCHMARKS.md)::
 
-    .venv/bin/python -m experiments.parity_deepctr --models DCN,DeepFM
+    .venv/bin/python -m benchmarks.parity_deepctr --models DCN,DeepFM
 """
 
 from __future__ import annotations

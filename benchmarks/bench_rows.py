@@ -9,7 +9,7 @@ narrower table can). BENCHMARKS.md quotes it.
 
 Command::
 
-    .venv/bin/python -m experiments.bench_rows
+    .venv/bin/python -m benchmarks.bench_rows
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ The ratio measured/floor says how far the step is from the hardware limit. Ids a
 
 Command (on a machine with one GPU; under 5 minutes on an H200, most of it compilation; the table is printed last)::
 
-    python -m experiments.gpu_bench --out results/gpu_bench.json
+    python -m benchmarks.gpu_bench --out results/gpu_bench.json
 
 CPU smoke mode (tiny tables, seconds; run by tests/test_gpu_bench.py)::
 
-    python -m experiments.gpu_bench --smoke
+    python -m benchmarks.gpu_bench --smoke
 """
 
 from __future__ import annotations

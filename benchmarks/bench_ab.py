@@ -1,6 +1,6 @@
-"""Step time of the current engine against an older commit: ``experiments.bench_models`` run on both, alternately.
+"""Step time of the current engine against an older commit: ``benchmarks.bench_models`` run on both, alternately.
 
-For each model and round, ``python -m experiments.bench_models --models M`` runs once in a git worktree of the old
+For each model and round, ``python -m benchmarks.bench_models --models M`` runs once in a git worktree of the old
 commit and once in one of the new commit (default: HEAD; a worktree, so uncommitted edits in this checkout are never
 measured), the order swapping every round so load drift hits both alike; the ratio is of the
 median step times, new / old, per model and embedding kind, over the rounds' medians. Both sides use this
@@ -8,7 +8,7 @@ environment's installed packages; each side imports its own ``mlet_jax`` (``pyth
 
 Command (the BENCHMARKS.md numbers; about 15 minutes on the 2-core CPU box)::
 
-    .venv/bin/python -m experiments.bench_ab --old f6d2fe4 --new HEAD --rounds 2
+    .venv/bin/python -m benchmarks.bench_ab --old f6d2fe4 --new HEAD --rounds 2
 
 The acceptance bar (issue 13): every model's median step time within 5% of the old engine or better.
 """
@@ -33,7 +33,9 @@ HERE = Path(__file__).resolve().parents[1]
 def _run(folder: Path, model: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "rows.jsonl"
-        p = subprocess.run([sys.executable, "-m", "experiments.bench_models", "--models", model, "--steps", str(steps),
+        # commits before the move of the benchmarks out of experiments/ have experiments/bench_models.py
+        pkg = "benchmarks" if (folder / "benchmarks" / "bench_models.py").exists() else "experiments"
+        p = subprocess.run([sys.executable, "-m", f"{pkg}.bench_models", "--models", model, "--steps", str(steps),
                             "--out", str(out)], cwd=folder, capture_output=True, text=True, check=False)
         if p.returncode:
             raise RuntimeError(f"bench_models in {folder} failed:\n{p.stderr[-3000:]}")

@@ -12,7 +12,7 @@ fastest steps).
 
 Command (the BENCHMARKS.md numbers; about 3 minutes on the 2-core CPU box, most of it compilation)::
 
-    .venv/bin/python -m experiments.bench_models
+    .venv/bin/python -m benchmarks.bench_models
 
 Quick look: ``--models dcn wdl --steps 5``. ``--out FILE`` writes the rows as JSONL.
 """

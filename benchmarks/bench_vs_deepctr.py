@@ -20,12 +20,12 @@ compiled step's FLOP count (XLA cost analysis) against the machine's matmul ceil
 
 Command (the BENCHMARKS.md table; about 25 minutes on the 2-core box)::
 
-    .venv/bin/python experiments/bench_vs_deepctr.py --data /tmp/peer_bench/data/criteo_like \\
+    .venv/bin/python benchmarks/bench_vs_deepctr.py --data /tmp/peer_bench/data/criteo_like \\
         --models DCN,DeepFM,AutoInt,xDeepFM --batch-sizes 1024 --n-train 250000 --out /tmp/vs_deepctr.jsonl
 
 Smoke mode (seconds, no DeepCTR-Torch, tiny generated arrays)::
 
-    .venv/bin/python experiments/bench_vs_deepctr.py --smoke --workdir /tmp/vs_smoke
+    .venv/bin/python benchmarks/bench_vs_deepctr.py --smoke --workdir /tmp/vs_smoke
 
 Expected: mlet_jax >= 5x DeepCTR-Torch's steady samples/s at batch 1024 for DCN, DeepFM and AutoInt with test AUC
 within 0.002; xDeepFM's CIN is FLOP-bound on both sides, so its ratio is bounded by the FLOP floor.
