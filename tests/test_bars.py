@@ -82,6 +82,15 @@ def test_matches_recorded_fuxictr(protocol, tmp_path):
     assert oov > 100
 
 
+@pytest.mark.parametrize("protocol", ["criteo_x4_001", "avazu_x4_002"])
+def test_many_blocks_same_result(protocol, tmp_path, monkeypatch):
+    """Text blocks of ~3 kB (the header only in the first) and 64-row write blocks give FuxiCTR's result too."""
+    monkeypatch.setattr(bars, "WRITE_BLOCK_ROWS", 64)
+    proto = bars.PROTOCOLS[protocol]
+    ds = prepare("bars", str(FIX / proto.dataset), str(tmp_path / "c"), protocol=protocol, block_bytes=3000)
+    assert_same_as_fuxictr(ds, proto, np.load(FIX / f"fuxictr_{protocol}.npz"))
+
+
 def test_fixture_versions():
     v = json.loads((FIX / "fuxictr_versions.json").read_text())
     assert v["fuxictr"] == "2.3.7"

@@ -54,6 +54,7 @@ AVAZU_CATS = ("C1", "banner_pos", "site_id", "site_domain", "site_category", "ap
               "app_category", "device_id", "device_ip", "device_model", "device_type", "device_conn_type",
               "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21")
 PUBLISHED = ("train.csv", "valid.csv", "test.csv")
+WRITE_BLOCK_ROWS = 1 << 18  # rows per block when vocabularies are counted and splits written (a constant for tests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,28 +234,37 @@ class _Store:
         for fh in self._fh.values():
             fh.close()
 
-    def read(self, name: str) -> np.ndarray:
-        dt = {"_label": np.float32, "_file": np.uint8}.get(name, np.int64)
-        if self.n == 0:
+    def read(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows ``lo:hi`` of one column, by a plain read (pages of a memory map would stay resident)."""
+        dt = np.dtype({"_label": np.float32, "_file": np.uint8}.get(name, np.int64))
+        hi = self.n if hi is None else min(hi, self.n)
+        if hi <= lo:
             return np.zeros(0, dt)
-        return np.memmap(os.path.join(self.dir, f"{name}.bin"), dtype=dt, mode="r", shape=(self.n,))
+        return np.fromfile(os.path.join(self.dir, f"{name}.bin"), dtype=dt, count=hi - lo, offset=lo * dt.itemsize)
 
 
-def fit_vocab(keys: np.ndarray, min_count: int, drop_missing: bool) -> np.ndarray:
-    """The keys (int64) of ids 1..n: seen at least ``min_count`` times, by decreasing count, ties by key;
-    ``MISSING_KEY`` (an empty string) never gets an id when ``drop_missing``."""
-    vc = pl.DataFrame({"k": np.asarray(keys)}).group_by("k").len()
+def fit_vocab(blocks, min_count: int, drop_missing: bool) -> np.ndarray:
+    """The keys (int64) of ids 1..n: seen at least ``min_count`` times in the key arrays ``blocks`` (one array
+    or an iterable of them, counted block by block), by decreasing count, ties by key; ``MISSING_KEY`` (an empty
+    string) never gets an id when ``drop_missing``."""
+    if isinstance(blocks, np.ndarray):
+        blocks = [blocks]
+    vc = pl.DataFrame(schema={"k": pl.Int64, "len": pl.UInt32})
+    for keys in blocks:
+        part = pl.DataFrame({"k": np.asarray(keys, np.int64)}).group_by("k").len()
+        vc = pl.concat([vc, part]).group_by("k").agg(pl.col("len").sum())
     vc = vc.filter(pl.col("len") >= min_count)
     if drop_missing:
         vc = vc.filter(pl.col("k") != MISSING_KEY)
     return vc.sort(["len", "k"], descending=[True, False])["k"].to_numpy().astype(np.int64)
 
 
-def lookup(vocab_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Local ids (int32): the position + 1 of each key in ``vocab_keys``, 0 (OOV) for the others."""
+def lookup(vocab_keys: np.ndarray, keys: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Local ids (int32): the position + 1 of each key in ``vocab_keys``, 0 (OOV) for the others; ``order`` is
+    ``argsort(vocab_keys)`` when the caller has it already."""
     if len(vocab_keys) == 0:
         return np.zeros(len(keys), np.int32)
-    order = np.argsort(vocab_keys, kind="stable")
+    order = np.argsort(vocab_keys, kind="stable") if order is None else order
     srt = vocab_keys[order]
     pos = np.minimum(np.searchsorted(srt, keys), len(srt) - 1)
     return np.where(srt[pos] == keys, order[pos] + 1, 0).astype(np.int32)
@@ -300,9 +310,9 @@ def build(data_dir: str, writer, *, progress: bool = False, **options) -> tuple[
             bar.close()
     if store.n == 0:
         raise DataFormatError(paths[0], "no data rows", line=1)
-    label = np.asarray(store.read("_label"))
+    label = store.read("_label")
     if kind == "published":
-        codes = np.asarray(store.read("_file")).copy()  # file 0, 1, 2 = train, valid, test = codes 0, 1, 2
+        codes = store.read("_file")  # file 0, 1, 2 = train, valid, test = codes 0, 1, 2
         for i, nm in enumerate(PUBLISHED):
             if not (codes == i).any():
                 raise DataFormatError(paths[i], f"{nm} holds no data rows", line=2)
@@ -319,11 +329,14 @@ def build(data_dir: str, writer, *, progress: bool = False, **options) -> tuple[
     return schema, info
 
 
-def _write(store: _Store, codes: np.ndarray, label: np.ndarray, proto: Protocol, writer,
-           block_rows: int = 1 << 20) -> tuple[Schema, dict]:
-    train_rows = np.flatnonzero(codes == TRAIN)
-    vocabs = {f: fit_vocab(np.asarray(store.read(f))[train_rows], proto.min_count, f in proto.string_fields)
-              for f in proto.fields}
+def _write(store: _Store, codes: np.ndarray, label: np.ndarray, proto: Protocol, writer) -> tuple[Schema, dict]:
+    """Fit the vocabularies on the training rows and write the splits, block by block (memory bounded by the
+    block and the vocabularies, not the rows)."""
+    block_rows = WRITE_BLOCK_ROWS
+    starts = range(0, store.n, block_rows)
+    vocabs = {f: fit_vocab((store.read(f, lo, lo + block_rows)[codes[lo:lo + block_rows] == TRAIN] for lo in starts),
+                           proto.min_count, f in proto.string_fields) for f in proto.fields}
+    orders = {f: np.argsort(v, kind="stable") for f, v in vocabs.items()}
     sizes = tuple(len(vocabs[f]) + 1 for f in proto.fields)
     schema = Schema(field_names=proto.fields, vocab_sizes=sizes, dense_names=())
     split_n = {nm: int((codes == i).sum()) for i, nm in enumerate(SPLITS)}
@@ -332,10 +345,9 @@ def _write(store: _Store, codes: np.ndarray, label: np.ndarray, proto: Protocol,
                 "label": writer.array(f"{nm}_label", (k,), np.float32)} for nm, k in split_n.items()}
     pos = dict.fromkeys(out, 0)
     counts = [np.zeros(s, np.int64) for s in sizes]
-    cols = {f: store.read(f) for f in proto.fields}
-    for lo in range(0, store.n, block_rows):
+    for lo in starts:
         hi = min(store.n, lo + block_rows)
-        ids = np.stack([lookup(vocabs[f], np.asarray(cols[f][lo:hi])) for f in proto.fields], axis=1)
+        ids = np.stack([lookup(vocabs[f], store.read(f, lo, hi), orders[f]) for f in proto.fields], axis=1)
         cc = codes[lo:hi]
         for i, nm in enumerate(SPLITS):
             sel = np.flatnonzero(cc == i)
