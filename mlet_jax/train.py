@@ -142,12 +142,15 @@ def load(cfg: RunConfig):
 
 
 def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: bool = False,
-        callbacks=()) -> dict:
+        callbacks=(), log: str | None = None, spectra_every: int | None = None, log_every: int = 50) -> dict:
     """Train and evaluate one model; returns the result record (see the module docstring).
 
     ``dataset`` skips loading (experiments reuse one dataset across runs). With ``keep_state`` the record also
     holds ``"_state"``, ``"_trainer"`` and ``"_dataset"`` for further analysis (not JSON-serializable).
-    ``callbacks`` go to :func:`mlet_jax.training.fit` (``cb(step, state)`` after every step).
+    ``callbacks`` go to :func:`mlet_jax.training.fit` (``cb(step, state)`` after every step). ``log``: append the
+    run log (:mod:`mlet_jax.runlog`; its start record holds the settings, a last ``test`` record the test metrics)
+    there. ``spectra_every``: record the tables' spectra every N steps (:mod:`mlet_jax.spectra`), into the log and
+    the record's ``"spectra"``. ``log_every``: steps between logged training losses.
     """
     ds = dataset if dataset is not None else load(cfg)
     model = build_model(cfg.model, ds.schema, cfg.embedding_spec, **dict(cfg.model_options))
@@ -157,7 +160,9 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
     state, hist = fit(trainer, ds.train, batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                       valid=ds.valid, eval_every=cfg.eval_every,
                       early_stopping_patience=cfg.early_stopping_patience, progress=progress,
-                      callbacks=callbacks, checkpoint_dir=cfg.checkpoint_dir, checkpoint_every=cfg.checkpoint_every)
+                      callbacks=callbacks, checkpoint_dir=cfg.checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
+                      run_log=log, log_meta={"settings": cfg.resolved()}, spectra_every=spectra_every,
+                      log_every=log_every)
     wall = time.perf_counter() - t0
     logits = trainer.predict(state.params, ds.test, cfg.eval_batch_size)
     test = binary_metrics(ds.test.label, logits)
@@ -186,6 +191,15 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
         check_model, check_params = collapse_model(trainer.model, state.params, strip=False)
         served = Trainer(check_model, cfg.train_config, mesh=mesh).predict(check_params, ds.test.take(slice(0, n)))
         rec["collapse_max_abs_diff"] = float(np.max(np.abs(served - logits[:n])))
+    if spectra_every is not None:
+        rec["spectra"] = hist.spectra
+    if log is not None:
+        rec["run_log"] = log
+        if jax.process_index() == 0:
+            from mlet_jax.runlog import RunLog
+
+            with RunLog(log) as rl:
+                rl.write({"event": "test", "step": int(state.step), **test})
     if keep_state:
         rec.update(_state=state, _trainer=trainer, _dataset=ds, _test_logits=logits)
     return rec
@@ -268,6 +282,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
     p.add_argument("--out", default=None, help="write the JSON result here (process 0 only)")
+    p.add_argument("--log", default=None, metavar="PATH",
+                   help="append the run log (JSON lines: loss, samples/s, evaluations, spectra) here; default: next "
+                        "to --out (results/run.json -> results/run.log.jsonl); python -m mlet_jax.plot draws it")
+    p.add_argument("--spectra-every", type=int, default=None, metavar="N",
+                   help="every N steps, log each field's collapsed-table singular values, effective rank and "
+                        "information abundance (mlet_jax.spectra)")
+    p.add_argument("--log-every", type=int, default=50, metavar="N", help="steps between logged training losses")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -301,6 +322,11 @@ def _protocol(args, kw: dict, argv: list[str] | None) -> None:
         kw["d"] = proto.embedding_dim
 
 
+def _default_log(out: str) -> str:
+    """The run log next to ``--out``: ``results/run.json`` -> ``results/run.log.jsonl``."""
+    return (out[:-5] if out.endswith(".json") else out) + ".log.jsonl"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser()
     args = p.parse_args(argv)
@@ -317,6 +343,15 @@ def main(argv: list[str] | None = None) -> dict:
                              f"dimension), got k={cfg.k} < d={cfg.d}")
         if args.out:
             _check_out(args.out)
+        log = args.log or (_default_log(args.out) if args.out else None)
+        if log is not None:
+            from mlet_jax.runlog import check_target
+
+            check_target(log, "--log")
+        if args.spectra_every is not None and args.spectra_every < 1:
+            raise ValueError(f"--spectra-every must be >= 1, got {args.spectra_every}")
+        if args.log_every < 1:
+            raise ValueError(f"--log-every must be >= 1, got {args.log_every}")
         n_proc = args.num_processes
         if (n_proc is not None and n_proc < 1) or (args.process_id is not None and args.process_id < 0):
             raise ValueError(f"--num-processes must be >= 1 and --process-id >= 0, got {n_proc} and "
@@ -329,7 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(str(e))
     if (args.num_processes or 1) > 1 or args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         initialize(args.coordinator_address, args.num_processes, args.process_id)
-    rec = run(cfg, progress=not args.no_progress)
+    rec = run(cfg, progress=not args.no_progress, log=log, spectra_every=args.spectra_every,
+              log_every=args.log_every)
     text = json.dumps(rec, default=float)
     if args.out and jax.process_index() == 0:
         atomic_write_text(args.out, text + "\n")

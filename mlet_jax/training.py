@@ -457,6 +457,8 @@ class History:
     first_step_seconds: float = 0.0
     stopped_early: bool = False
     best_step: int | None = None
+    records: list[dict] = dataclasses.field(default_factory=list)  # the run log's records (mlet_jax.runlog)
+    spectra: list[dict] = dataclasses.field(default_factory=list)  # its "spectra" records (mlet_jax.spectra)
 
     @property
     def samples_per_second(self) -> float:
@@ -482,6 +484,9 @@ def fit(
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 2,
     mesh: jax.sharding.Mesh | None = None,
+    run_log: Any = None,
+    log_meta: dict | None = None,
+    spectra_every: int | None = None,
 ) -> tuple[TrainState, History]:
     """Train for ``epochs`` passes over ``train`` (the paper: one epoch).
 
@@ -498,6 +503,10 @@ def fit(
             (a copy of the state is kept in device memory for it).
         state: resume from this state instead of initializing.
         callbacks: ``cb(step, state)`` after every step (copy what you keep: the state is donated to the next step).
+            A callback's ``dict`` return value is a record: logged and kept in ``History.records``. A callback with
+            a ``due(step)`` method is run off the throughput clock at the steps where it is due, and its optional
+            ``on_start(step, state)`` / ``on_end(step, state)`` run before the first and after the last step
+            (:class:`mlet_jax.spectra.SpectraCallback`).
         progress: show a tqdm bar.
         log_every: steps between recorded losses.
         checkpoint_dir: save the train state and the data position here (:class:`mlet_jax.checkpoint.Checkpointer`)
@@ -517,6 +526,14 @@ def fit(
         mesh: train on this device mesh (shorthand for ``Trainer(model, config, mesh=mesh)``; the trainer must not
             have another mesh). With several processes every process calls ``fit`` with the same arguments and
             reads only its rows of each batch.
+        run_log: a path or an open :class:`mlet_jax.runlog.RunLog` (left open): every record (``start``, ``train``
+            every ``log_every`` steps with loss and samples/s, ``eval``, ``spectra``, ``end`` or ``error``) is
+            appended as one JSON line as it happens (process 0 writes). A path is refused unless it is missing,
+            empty or a run log written before (a resumed run appends). ``History.records`` holds the same records.
+        log_meta: JSON-able settings for the ``start`` record (the CLI passes the run's settings).
+        spectra_every: every this many steps (and before the first and after the last), record the singular values,
+            effective rank and information abundance of each field's collapsed table
+            (:class:`mlet_jax.spectra.SpectraCallback`) into the log and ``History.spectra``.
     Returns:
         The final (or best, with early stopping) state and a :class:`History`. On a mesh the state is sharded and
         its tables carry the padding rows (:func:`mlet_jax.models.strip_padding`).
@@ -546,6 +563,15 @@ def fit(
         if batch_size % trainer.mesh.shape[distributed.DATA]:
             raise ValueError(f"batch_size {batch_size} does not split over the mesh's data axis "
                              f"({trainer.mesh.shape[distributed.DATA]} devices)")
+    if spectra_every is not None:
+        from mlet_jax.spectra import SpectraCallback
+
+        callbacks = (*callbacks, SpectraCallback(trainer.model.vocab_sizes, spectra_every))
+    from mlet_jax.runlog import RunLog, check_target
+
+    writes_log = run_log is not None and jax.process_index() == 0
+    if writes_log and not isinstance(run_log, RunLog):
+        check_target(run_log)  # refused before any work; opened once the state is ready
     steps_per_epoch = len(train) // batch_size
     if state is None:
         state = trainer.init(seed, next(batches(train, min(batch_size, 1), seed=seed)))
@@ -554,15 +580,24 @@ def fit(
         state, ckpt, start_epoch, start_batch = _resume(trainer, state, checkpoint_dir, keep_checkpoints,
                                                         seed=seed, batch_size=batch_size,
                                                         steps_per_epoch=steps_per_epoch)
+    log = None
     try:
+        if writes_log:
+            log = run_log if isinstance(run_log, RunLog) else RunLog(run_log)
         return _fit_loop(trainer, train, state, batch_size=batch_size, epochs=epochs, seed=seed, valid=valid,
                          eval_every=eval_every, early_stopping_patience=early_stopping_patience,
                          callbacks=callbacks, progress=progress, log_every=log_every, ckpt=ckpt,
                          checkpoint_every=checkpoint_every, start_epoch=start_epoch, start_batch=start_batch,
-                         steps_per_epoch=steps_per_epoch, tqdm=tqdm)
+                         steps_per_epoch=steps_per_epoch, tqdm=tqdm, log=log, log_meta=log_meta)
+    except BaseException as e:
+        if log is not None:
+            log.write({"event": "error", "step": log.last_step, "error": type(e).__name__, "message": str(e)})
+        raise
     finally:
         if ckpt is not None:
             ckpt.close()
+        if log is not None and log is not run_log:
+            log.close()
 
 
 def _resume(trainer, state, directory, keep, *, seed, batch_size, steps_per_epoch):
@@ -589,10 +624,18 @@ def _resume(trainer, state, directory, keep, *, seed, batch_size, steps_per_epoc
 
 def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_every, early_stopping_patience,
               callbacks, progress, log_every, ckpt, checkpoint_every, start_epoch, start_batch, steps_per_epoch,
-              tqdm):
+              tqdm, log=None, log_meta=None):
     import itertools
 
     hist = History()
+
+    def record(rec):  # one run-log record: kept, and written (flushed) when there is a log
+        hist.records.append(rec)
+        if rec.get("event") == "spectra":
+            hist.spectra.append(rec)
+        if log is not None:
+            log.write(rec)
+
     best_auc, best_state, bad_evals = -math.inf, None, 0
     step_fn = trainer.train_step
     start_step = int(state.step)
@@ -616,6 +659,7 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
         nonlocal best_auc, best_state, bad_evals
         m = trainer.evaluate(state.params, valid)
         hist.evals.append({"step": step, **m})
+        record({"event": "eval", **hist.evals[-1]})
         if m["auc"] > best_auc:
             best_auc, bad_evals, hist.best_step = m["auc"], 0, step
             if early_stopping_patience is not None:  # the whole state of this step: the next step donates it
@@ -681,6 +725,15 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
             confirm(step, v)
         observe(v)
 
+    from mlet_jax.runlog import start_record
+
+    record(start_record(step=start_step, resumed=done_before > 0, meta=log_meta, batch_size=batch_size,
+                        epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch))
+    for cb in callbacks:
+        if hasattr(cb, "on_start") and isinstance(out := cb.on_start(start_step, state), dict):
+            record(out)
+    wall0 = time.perf_counter()
+    last_log = [start_step + 1, 0.0]  # the step and train-clock seconds of the previous "train" record
     prev_loss = None
     m = None
     t0 = time.perf_counter()
@@ -702,10 +755,24 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
                 judge(*prev_loss)
             prev_loss = (m["loss"], step)
             for cb in callbacks:
-                cb(step, state)
+                if hasattr(cb, "due") and cb.due(step):  # a measuring callback: kept off the throughput clock
+                    jax.block_until_ready(state)
+                    hist.train_seconds += time.perf_counter() - t0
+                    out = cb(step, state)
+                    t0 = time.perf_counter()
+                else:
+                    out = cb(step, state)
+                if isinstance(out, dict):
+                    record(out)
             if step % log_every == 0:
                 hist.steps.append(step)
                 hist.losses.append(float(m["loss"]))
+                clock = hist.train_seconds + time.perf_counter() - t0
+                n, dt = (step - last_log[0]) * batch_size, clock - last_log[1]
+                record({"event": "train", "step": step, "epoch": epoch, "loss": hist.losses[-1],
+                        "samples_per_s": n / dt if n > 0 and dt > 0 else None,
+                        "elapsed_s": time.perf_counter() - wall0})
+                last_log[:] = [step, clock]
                 bar.set_postfix(loss=f"{hist.losses[-1]:.4f}")
             bar.update(1)
             if ckpt is not None and checkpoint_every and step % checkpoint_every == 0:
@@ -734,6 +801,13 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
     hist.train_samples = max(step - start_step - 1, 0) * batch_size
     bar.close()
     hist.stopped_early = stop
+    for cb in callbacks:
+        if hasattr(cb, "on_end") and isinstance(out := cb.on_end(step, state), dict):
+            record(out)
+    record({"event": "end", "step": step, "train_samples": hist.train_samples, "train_seconds": hist.train_seconds,
+            "samples_per_s": hist.samples_per_second if hist.train_seconds else None,
+            "first_step_s": hist.first_step_seconds, "stopped_early": stop, "best_step": hist.best_step,
+            "elapsed_s": time.perf_counter() - wall0})
     if best_state is not None:
         state = best_state
     return state, hist
