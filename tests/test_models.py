@@ -177,8 +177,25 @@ def test_bag_fields_pool_in_the_linear_part_and_embeddings():
                     bag_pooling="mean")
     model = build_model("deepfm", schema, spec("mlet"), dnn=DNN)
     ids = np.array([[1, 0, 6, -1, 3], [4, -1, -1, -1, 10]], np.int32)
-    dense = np.zeros((2, 1), np.float32)
-    logits = model.apply(model.init(jax.random.key(0), dense, ids), dense, ids)
+    dense = np.array([[0.5], [-2.0]], np.float32)
+    variables = model.init(jax.random.key(0), dense, ids)
+    features = model.apply(variables, dense, ids, method=lambda m, d, i: m.tables(d, i))
+    # numpy float64: field f's rows start at sum(VOCAB[:f]); a bag's vector is the mean of its non-padding (-1) ids'
+    # rows of table @ projection[f] (zero when empty); the first-order part sums each field's pooled width-1 rows
+    # plus dense @ w
+    p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), variables["params"])
+    offsets, cols = np.cumsum((0,) + VOCAB[:-1]), [(0,), (1, 2, 3), (4,)]
+    emb, first = np.zeros((2, 3, 4)), dense.astype(np.float64) @ p["linear"]["dense"]
+    for b in range(2):
+        for f, c in enumerate(cols):
+            rows = [offsets[f] + ids[b, j] for j in c if ids[b, j] >= 0]
+            if not rows:  # an empty bag pools to zero
+                continue
+            emb[b, f] = (p["embeddings"]["table"][rows] @ p["embeddings"]["projection"][f]).mean(axis=0)
+            first[b] += p["linear"]["embeddings"]["table"][rows, 0].mean()
+    np.testing.assert_allclose(features.emb_BxFxD, emb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features.first_B, first, rtol=1e-5, atol=1e-6)
+    logits = model.apply(variables, dense, ids)
     assert logits.shape == (2,) and np.isfinite(np.asarray(logits)).all()
 
 

@@ -56,13 +56,30 @@ def test_second_order_measurements_against_numpy():
     assert m["eta2_residual"] < 1e-10 and m["expansion_residual"] < 1e-10
 
 
-def test_a_wrong_theorem_fails():
-    """The checks can fail: with sigma2 dropped from the factors, Eq. 13 no longer matches Eq. 6."""
-    W1, W2, G, _ = checks.random_case(4, 8, 50, seed=2)
-    wrong = W1 @ W1.T @ G  # Eq. 13 with sigma2 = 0
-    assert checks.rel(wrong, checks.first_order_update(W1, W2, G)) > 1e-3
-    row = checks._residual_check("x", checks.rel(wrong, checks.first_order_update(W1, W2, G)))
-    assert not row.passed
+def _sigma2_dropped(W1, W2, G, method="thin"):
+    """Eq. 13 with the sigma2(j)^2 term dropped: W1 W1^T G, a plausible wrong theorem."""
+    return np.asarray(W1) @ np.asarray(W1).T @ np.asarray(G)
+
+
+def _one_percent_off(real):
+    return lambda W1, W2, G, method="thin": 1.01 * real(W1, W2, G, method=method)
+
+
+@pytest.mark.parametrize("broken", ["sigma2 dropped", "1% off"])
+def test_a_wrong_theorem_fails_every_eq13_check(monkeypatch, broken):
+    """With a broken spectral_update every Eq. 13 check reports FAIL, on random and on real DLRM gradients, and the
+    checks that do not use it still pass."""
+    fake = _sigma2_dropped if broken == "sigma2 dropped" else _one_percent_off(checks.spectral_update)
+    monkeypatch.setattr(checks, "spectral_update", fake)
+    rows = checks.run_random(n=120, d=6, k=10, seed=3)
+    if broken == "sigma2 dropped":  # the real DLRM gradient once (it compiles a model)
+        rows += checks.check_dlrm(seed=0)
+    eq13 = [r for r in rows if r.claim.startswith("Eq. 13")]
+    assert len(eq13) == (8 if broken == "sigma2 dropped" else 6)  # thin and dense: three regimes (+ DLRM)
+    assert not any(r.passed for r in eq13), [r.claim for r in eq13 if r.passed]
+    assert all(r.measured > 1e-3 for r in eq13)
+    others = [r for r in rows if not r.claim.startswith("Eq. 13")]
+    assert others and all(r.passed for r in others), [r.claim for r in others if not r.passed]
 
 
 def test_default_ks_cover_all_regimes():

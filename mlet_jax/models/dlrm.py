@@ -25,7 +25,6 @@ from mlet_jax.models.base import CTRModel
 from mlet_jax.models.layers import MLP, dot_interaction
 
 CRITEO_BOTTOM = (512, 256, 128)
-AVAZU_BOTTOM = (256, 128)
 
 
 class DLRM(CTRModel):

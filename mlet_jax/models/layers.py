@@ -22,13 +22,9 @@ def dlrm_dense_init(key, shape, dtype=jnp.float32):
     return np.sqrt(2.0 / (fan_in + fan_out)) * jax.random.normal(key, shape, dtype)
 
 
-def dlrm_bias_init(fan_in: int):
+def dlrm_bias_init(key, shape, dtype=jnp.float32):
     """DLRM reference bias init: N(0, sqrt(1 / fan_out)) (the reference uses the layer's output size)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return np.sqrt(1.0 / shape[0]) * jax.random.normal(key, shape, dtype)
-
-    return init
+    return np.sqrt(1.0 / shape[0]) * jax.random.normal(key, shape, dtype)
 
 
 class MLP(nn.Module):
@@ -55,7 +51,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP weight_init must be 'dlrm', 'torch' or 'normal', got {self.weight_init!r}")
         for i, width in enumerate(self.features):
             if self.weight_init == "dlrm":
-                kinit, binit = dlrm_dense_init, dlrm_bias_init(x.shape[-1])
+                kinit, binit = dlrm_dense_init, dlrm_bias_init
             elif self.weight_init == "normal":  # DeepCTR-Torch DNN: weights N(0, 1e-4), torch default bias
                 kinit = nn.initializers.normal(1e-4)
                 binit = _torch_bias_init(x.shape[-1])
