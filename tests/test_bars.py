@@ -212,6 +212,10 @@ def test_errors_name_the_argument_or_file(tmp_path, capsys):
     with pytest.raises(DataFormatError, match=r"valid\.csv, line 4, column 'I1': .* is not an integer"):
         prepare("bars", str(pub), str(tmp_path / "c"), protocol="criteo_x4_002")
     assert not (tmp_path / "c").exists()
+    lines = (FIX / "criteo" / "test.csv").read_text().splitlines()
+    (pub / "valid.csv").write_text("\n".join([lines[0]] + ["0" + ln[1:] for ln in lines[1:]]) + "\n")
+    with pytest.raises(DataFormatError, match=r"valid\.csv: the valid split's 100 labels are all 0"):
+        prepare("bars", str(pub), str(tmp_path / "c"), protocol="criteo_x4_002")
     (pub / "valid.csv").write_text("Label,I1\n0,1\n")
     with pytest.raises(DataFormatError, match=r"valid\.csv, line 1, column 'I2': header lacks"):
         prepare("bars", str(pub), str(tmp_path / "c"), protocol="criteo_x4_002")

@@ -321,6 +321,12 @@ def build(data_dir: str, writer, *, progress: bool = False, **options) -> tuple[
         if not all((codes == i).any() for i in (TRAIN, VALID, TEST)):
             raise DataFormatError(paths[0], f"{store.n} rows are too few for an 8:1:1 split (every split needs "
                                             f"a row)")
+    for i, nm in enumerate(SPLITS):  # AUC and early stopping need both classes in every split
+        y = label[codes == i]
+        if len(y) and (y == y[0]).all():
+            where = paths[i] if kind == "published" else paths[0]
+            raise DataFormatError(where, f"the {nm} split's {len(y)} labels are all {int(y[0])}; a CTR model needs "
+                                         f"both classes in every split")
     schema, info = _write(store, codes, label, proto, writer)
     info.update(protocol=proto.name, embedding_dim=proto.embedding_dim, min_count=proto.min_count,
                 split_source=("BARS's published train.csv/valid.csv/test.csv" if kind == "published" else
