@@ -84,8 +84,8 @@ def test_matches_recorded_fuxictr(protocol, tmp_path):
 
 @pytest.mark.parametrize("protocol", ["criteo_x4_001", "avazu_x4_002"])
 def test_many_blocks_same_result(protocol, tmp_path, monkeypatch):
-    """Text blocks of ~3 kB (the header only in the first) and 64-row write blocks give FuxiCTR's result too."""
-    monkeypatch.setattr(bars, "WRITE_BLOCK_ROWS", 64)
+    """Text blocks of ~3 kB (the header only in the first) and 32-row write blocks give FuxiCTR's result too."""
+    monkeypatch.setattr(bars, "WRITE_BLOCK_ROWS", 32)  # 25 blocks: merged after 16
     proto = bars.PROTOCOLS[protocol]
     ds = prepare("bars", str(FIX / proto.dataset), str(tmp_path / "c"), protocol=protocol, block_bytes=3000)
     assert_same_as_fuxictr(ds, proto, np.load(FIX / f"fuxictr_{protocol}.npz"))

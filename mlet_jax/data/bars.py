@@ -249,10 +249,12 @@ def fit_vocab(blocks, min_count: int, drop_missing: bool) -> np.ndarray:
     string) never gets an id when ``drop_missing``."""
     if isinstance(blocks, np.ndarray):
         blocks = [blocks]
-    vc = pl.DataFrame(schema={"k": pl.Int64, "len": pl.UInt32})
-    for keys in blocks:
-        part = pl.DataFrame({"k": np.asarray(keys, np.int64)}).group_by("k").len()
-        vc = pl.concat([vc, part]).group_by("k").agg(pl.col("len").sum())
+    vc, parts = pl.DataFrame(schema={"k": pl.Int64, "len": pl.UInt32}), []
+    for i, keys in enumerate(blocks):
+        parts.append(pl.DataFrame({"k": np.asarray(keys, np.int64)}).group_by("k").len())
+        if i % 16 == 15:  # merge every 16 blocks: the running table is as large as the vocabulary
+            vc, parts = pl.concat([vc, *parts]).group_by("k").agg(pl.col("len").sum()), []
+    vc = pl.concat([vc, *parts]).group_by("k").agg(pl.col("len").sum())
     vc = vc.filter(pl.col("len") >= min_count)
     if drop_missing:
         vc = vc.filter(pl.col("k") != MISSING_KEY)
