@@ -26,10 +26,11 @@ import time
 import numpy as np
 
 from mlet_jax.data.synthetic import make_synthetic
-from mlet_jax.io import atomic_write_text
+from mlet_jax.io import OutputExistsError, atomic_write_text, check_output_dir, claim_output_dir
 from mlet_jax.train import RunConfig, run
 
 COLLAPSE_TOL = 1e-5
+DEMO_FILES = ("results.json", "auc_vs_d.png")  # what --out receives; an earlier run's folder holds only these
 
 
 def variants(k: int, mults: tuple[float, ...]) -> list[tuple[str, str, float]]:
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.seeds < 1 or args.n_train < 1000:
         p.error("--seeds must be >= 1 and --n-train >= 1000")
+    try:  # before any training: never write into a folder of someone else's files
+        check_output_dir(args.out, "--out", writes=DEMO_FILES)
+    except (ValueError, OutputExistsError) as e:
+        p.error(str(e))
 
     t0 = time.time()
     ds = make_synthetic(0, n_train=args.n_train, n_valid=0, n_test=30_000)
@@ -137,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"  ({rec['train_samples_per_s']:,.0f} samples/s)", flush=True)
     summary = summarize(rows, tuple(args.d), names)
     worst = max(r["collapse_max_abs_diff"] for r in rows if r["embedding"] == "mlet")
-    os.makedirs(args.out, exist_ok=True)
-    result = {"rows": rows, "summary": summary, "collapse_max_abs_diff": worst, "seconds": time.time() - t0,
+    claim_output_dir(args.out, "--out", writes=DEMO_FILES)
+    result = {"format": "mlet_jax.demo/1", "rows": rows, "summary": summary, "collapse_max_abs_diff": worst,
+              "seconds": time.time() - t0,
               "settings": {"model": "dlrm", "optimizer": "sgd", "lr": 0.2, "batch_size": 256, "epochs": 1,
                            "k": args.k, "projection_std": args.projection_std, "bottom_mlp": [256, 128],
                            "n_train": args.n_train, "seeds": args.seeds, "control_mults": args.control_mults}}

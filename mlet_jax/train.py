@@ -33,12 +33,15 @@ from mlet_jax.data.bars import PROTOCOLS
 from mlet_jax.data.registry import load_dataset
 from mlet_jax.distributed import initialize, make_mesh, parse_mesh
 from mlet_jax.embeddings import EmbeddingSpec, count_params
-from mlet_jax.io import atomic_write_text
+from mlet_jax.io import OutputExistsError, atomic_write_text, check_output_file
 from mlet_jax.metrics import binary_metrics
 from mlet_jax.models import MODELS, build_model, collapse_model
 from mlet_jax.models.presets import paper_embedding, paper_loss_reduction, paper_optimizer
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer, fit
+
+# The "format" tag of the JSON record --out holds: mlet_jax.io lets a later run replace only files carrying it.
+RESULT_FORMAT = "mlet_jax.train.result/1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,17 +297,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _check_out(path: str) -> None:
-    """Fail before training when ``--out`` cannot be written (a folder, a missing or unwritable parent)."""
-    from pathlib import Path
-
-    out = Path(path)
-    if out.is_dir():
-        raise ValueError(f"--out {path!r} is a folder; give a file name")
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        raise ValueError(f"--out {path!r}: its folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {path!r}: its folder {str(parent)!r} is not writable")
+    """Fail before training when ``--out`` cannot be written (a folder, a missing or unwritable parent) or holds a
+    file mlet_jax did not write (:func:`mlet_jax.io.check_output_file`: never overwritten)."""
+    check_output_file(path, "--out")
 
 
 def _protocol(args, kw: dict, argv: list[str] | None) -> None:
@@ -360,13 +355,13 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError("--coordinator-address needs --num-processes and --process-id")
         if n_proc is not None and args.process_id is not None and args.process_id >= n_proc:
             raise ValueError(f"--process-id must be < --num-processes ({n_proc}), got {args.process_id}")
-    except ValueError as e:
+    except (ValueError, OutputExistsError) as e:
         p.error(str(e))
     if (args.num_processes or 1) > 1 or args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         initialize(args.coordinator_address, args.num_processes, args.process_id)
     rec = run(cfg, progress=not args.no_progress, log=log, spectra_every=args.spectra_every,
               log_every=args.log_every)
-    text = json.dumps(rec, default=float)
+    text = json.dumps({"format": RESULT_FORMAT, **rec}, default=float)
     if args.out and jax.process_index() == 0:
         atomic_write_text(args.out, text + "\n")
     print(text)
