@@ -382,7 +382,7 @@ def fit_many(mt: MultiTrainer, train: Split, *, batch_size: int = 256, epochs: i
 # RunConfig fields a multi-run program lets differ between runs; every other setting must be the same.
 PER_RUN = ("seed", "lr", "table_lr_mult", "projection_std")
 UNSUPPORTED = {"mesh": "--mesh", "checkpoint_dir": "--checkpoint-dir", "checkpoint_every": "--checkpoint-every",
-               "early_stopping_patience": "--early-stopping"}
+               "early_stopping_patience": "--early-stopping", "export": "--export"}
 
 
 def check_configs(cfgs: Sequence) -> None:
@@ -390,7 +390,7 @@ def check_configs(cfgs: Sequence) -> None:
     if not cfgs:
         raise ValueError("give at least one run")
     for name, flag in UNSUPPORTED.items():
-        if any(getattr(c, name) is not None for c in cfgs):
+        if any(getattr(c, name, None) is not None for c in cfgs):
             raise ValueError(f"{flag} is a single-run setting; several runs in one program do not support it")
     neutral = {"seed": 0, "lr": None, "table_lr_mult": 1.0, "projection_std": None}
     base = dataclasses.replace(cfgs[0], **neutral)
@@ -416,7 +416,8 @@ def multi_trainer(cfgs: Sequence, schema) -> MultiTrainer:
     return MultiTrainer(model, c0.train_config, runs)
 
 
-def run_many(cfgs: Sequence, dataset=None, *, progress: bool = False, keep_state: bool = False) -> list[dict]:
+def run_many(cfgs: Sequence, dataset=None, *, progress: bool = False, keep_state: bool = False,
+             log_every: int = 50) -> list[dict]:
     """Train and evaluate ``cfgs`` (:class:`mlet_jax.train.RunConfig`) as one program: one record per run.
 
     The runs may differ only in seed, ``lr``, ``table_lr_mult`` and ``projection_std``; they all train on the first
@@ -435,7 +436,7 @@ def run_many(cfgs: Sequence, dataset=None, *, progress: bool = False, keep_state
     mt = multi_trainer(cfgs, ds.schema)
     t0 = time.perf_counter()
     state, hist = fit_many(mt, ds.train, batch_size=c0.batch_size, epochs=c0.epochs, data_seed=c0.seed,
-                           valid=ds.valid, eval_every=c0.eval_every, progress=progress)
+                           valid=ds.valid, eval_every=c0.eval_every, progress=progress, log_every=log_every)
     wall = time.perf_counter() - t0
     logits_SxN = mt.predict(state.params, ds.test, c0.eval_batch_size)
     trainer = mt.trainer
@@ -479,24 +480,13 @@ def run_many(cfgs: Sequence, dataset=None, *, progress: bool = False, keep_state
 
 _SINGLE_RUN_FLAGS = {"mesh": "--mesh", "checkpoint_dir": "--checkpoint-dir", "checkpoint_every": "--checkpoint-every",
                      "early_stopping_patience": "--early-stopping", "coordinator_address": "--coordinator-address",
-                     "num_processes": "--num-processes", "process_id": "--process-id"}
-
-
-def _is_own_output(path: str) -> bool:
-    """Whether ``path`` is missing, empty, or JSON lines of run records (``--seeds`` output or a single run's)."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return True
-    try:
-        with open(path) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return bool(lines) and all(isinstance(r, dict) and "settings" in r and "test_auc" in r for r in lines)
+                     "num_processes": "--num-processes", "process_id": "--process-id", "export": "--export",
+                     "log": "--log", "spectra_every": "--spectra-every"}
 
 
 def cli(p: argparse.ArgumentParser, args: argparse.Namespace, cfg, argv: Sequence[str]) -> list[dict]:
     """``--seeds``: refuse single-run options (usage errors), train every seed in one program, print and write
-    one JSON line per run."""
+    (``--out``) one JSON line per run, tagged with the single-run record's ``"format"``."""
     given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
     if "--seed" in given:
         p.error("--seed and --seeds: give the seeds in --seeds only (the first one also orders the batches)")
@@ -506,14 +496,14 @@ def cli(p: argparse.ArgumentParser, args: argparse.Namespace, cfg, argv: Sequenc
                     "without checkpoints or early stopping); train those runs one by one")
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         p.error("--seeds trains in one process; JAX_COORDINATOR_ADDRESS asks for several")
-    if args.out and not _is_own_output(args.out):
-        p.error(f"--out {args.out!r} exists and is not a JSON-lines file of run records; not overwriting it")
-    cfgs = [dataclasses.replace(cfg, seed=s) for s in args.seeds]
-    recs = run_many(cfgs, progress=not args.no_progress)
-    text = "".join(json.dumps(r, default=float) + "\n" for r in recs)
-    if args.out:
-        from mlet_jax.io import atomic_write_text
+    from mlet_jax.io import atomic_write_text
+    from mlet_jax.train import RESULT_FORMAT
 
+    # main() has checked --out (missing, or a file of ours: mlet_jax.io) before this point
+    cfgs = [dataclasses.replace(cfg, seed=s) for s in args.seeds]
+    recs = run_many(cfgs, progress=not args.no_progress, log_every=getattr(args, "log_every", 50))
+    text = "".join(json.dumps({"format": RESULT_FORMAT, **r}, default=float) + "\n" for r in recs)
+    if args.out:
         atomic_write_text(args.out, text)
     print(text, end="")
     return recs
