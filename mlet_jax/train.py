@@ -34,6 +34,7 @@ from mlet_jax.data.registry import load_dataset
 from mlet_jax.distributed import initialize, make_mesh, parse_mesh
 from mlet_jax.embeddings import EmbeddingSpec, count_params
 from mlet_jax.io import OutputExistsError, atomic_write_text, check_output_file
+from mlet_jax.multirun import parse_seeds
 from mlet_jax.metrics import binary_metrics
 from mlet_jax.models import MODELS, build_model, collapse_model
 from mlet_jax.models.presets import paper_embedding, paper_loss_reduction, paper_optimizer
@@ -250,6 +251,9 @@ def parser() -> argparse.ArgumentParser:
                         "(_002) unless --d is given")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="parameter init, data order and dropout")
+    p.add_argument("--seeds", type=parse_seeds, default=None, metavar="0-7|0,3,5",
+                   help="train these seeds at once as one vmapped program (mlet_jax.multirun), all on the first "
+                        "seed's batch order; prints and writes (--out) one JSON line per run")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--optimizer", choices=["sgd", "adagrad"], default=None,
                    help="default: the paper's (SGD for DLRM, Adagrad otherwise), with torch semantics")
@@ -357,6 +361,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"--process-id must be < --num-processes ({n_proc}), got {args.process_id}")
     except (ValueError, OutputExistsError) as e:
         p.error(str(e))
+    if args.seeds is not None:  # several runs in one program: its own checks (usage errors), output and loop
+        from mlet_jax import multirun
+
+        return multirun.cli(p, args, cfg, sys.argv[1:] if argv is None else argv)
     if (args.num_processes or 1) > 1 or args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         initialize(args.coordinator_address, args.num_processes, args.process_id)
     rec = run(cfg, progress=not args.no_progress, log=log, spectra_every=args.spectra_every,
