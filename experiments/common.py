@@ -11,9 +11,15 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Iterable
 from typing import Any
 
-ADAGRAD_MODELS = ("dcn", "deepfm", "nfm", "autoint", "xdeepfm", "wdl")
+import numpy as np
+
+from mlet_jax.data.registry import load_dataset
+from mlet_jax.train import RunConfig
+from mlet_jax.train import _kv as key_value  # the train CLI's KEY=VALUE parser (JSON values), so both read alike
+
 QUICK_DATA = (("n_train", 100_000), ("n_valid", 0), ("n_test", 30_000))
 
 
@@ -79,6 +85,19 @@ class Plan:
         return dataclasses.asdict(self)
 
 
+def base_config(plan: Plan, model: str, d: int, k: int | None, seed: int, **over) -> RunConfig:
+    """One training run of ``plan``: ``model`` at embedding dim ``d``, MLET inner dim ``k`` (None: single-layer)."""
+    return RunConfig(model=model, embedding="single" if k is None else "mlet", d=d, k=k, dataset=plan.dataset,
+                     data_dir=plan.data_dir, data_options=tuple(plan.data_options), epochs=plan.epochs, seed=seed,
+                     batch_size=plan.batch_size, model_options=tuple(plan.options(model)), **over)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0.0 for one value) in float64: the spread over seeds."""
+    v = np.asarray(list(values), np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
 def quick_plan() -> Plan:
     """The quick plan: synthetic default (100k training rows), DLRM (SGD) and DCN (Adagrad), d 2/4/16, k 64."""
     return Plan()
@@ -105,8 +124,6 @@ def load(plan: Plan):
     """The plan's dataset (loaded once per process)."""
     tag = plan.data_tag()
     if tag not in _CACHE:
-        from mlet_jax.data.registry import load_dataset
-
         _CACHE.clear()
         _CACHE[tag] = load_dataset(plan.dataset, plan.data_dir, **dict(plan.data_options))
     return _CACHE[tag]
@@ -137,7 +154,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the small synthetic plan (minutes on a CPU)")
     p.add_argument("--dataset", default="synthetic", help="synthetic | criteo | avazu | movielens | table | arrays")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, repeatable (JSON values)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only every N-th pending training run starting at I (parallel workers share --out)")
@@ -147,15 +164,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 def plan_from_args(args) -> Plan:
     if args.quick:
         return quick_plan()
-    opts = []
-    for kv in args.data_option:
-        k, v = kv.split("=", 1)
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            pass
-        opts.append((k.replace("-", "_"), v))
-    return paper_plan(args.dataset, args.data_dir, tuple(opts))
+    return paper_plan(args.dataset, args.data_dir, tuple(args.data_option))
 
 
 def parse_plan_cli(doc: str, argv=None) -> tuple[argparse.Namespace, Plan, dict]:

@@ -26,6 +26,11 @@ import sys
 
 import numpy as np
 
+from experiments.common import base_config, load, parse_plan_cli, pyplot, save_figure
+from experiments.store import plan_ensure
+from mlet_jax.compression import hash_dataset, relative_table_size
+from mlet_jax.io import atomic_write_text
+
 HASH_TAG = "|hash{factor:g}:two-largest"
 
 
@@ -35,8 +40,6 @@ def svd_ranks(plan, base: int) -> list[int]:
 
 def requests(plan):
     """``[(config, evals, hashed)]`` of every run this experiment needs."""
-    from experiments.sweep import base_config
-
     want: dict = {}
     for m in plan.svd_models:
         for base in plan.svd_bases:
@@ -57,10 +60,6 @@ def requests(plan):
 
 
 def run_all(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[dict]:
-    from experiments import sweep
-    from experiments.common import load
-    from mlet_jax.compression import hash_dataset
-
     rows = []
     groups: dict = {}
     for c, ev, h in requests(plan):
@@ -68,8 +67,7 @@ def run_all(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> l
     for (ev, h), cfgs in groups.items():
         tag = plan.data_tag() + (HASH_TAG.format(factor=plan.hash_factor) if h else "")
         fn = (lambda: hash_dataset(load(plan), factor=plan.hash_factor)) if h else None
-        got = sweep.plan_ensure(plan, out, cfgs, evals=ev, shard=shard, train=train, log=log, dataset_fn=fn,
-                                data_tag=tag)
+        got = plan_ensure(plan, out, cfgs, evals=ev, shard=shard, train=train, log=log, dataset_fn=fn, data_tag=tag)
         rows += [{**r, "hashed": h} for r in got]
     return rows
 
@@ -93,8 +91,6 @@ def table4(rows: list[dict], plan) -> list[dict]:
 
 def size_points(rows: list[dict], plan) -> list[dict]:
     """Quality versus relative table size for {single, MLET} x {float32, INT8} x {unhashed, hashed}."""
-    from mlet_jax.compression import relative_table_size
-
     pts: dict = {}
     for r in rows:
         if r["model"] not in plan.hash_models or r["diverged"] or "int8" not in r["evals"]:
@@ -123,8 +119,6 @@ def size_points(rows: list[dict], plan) -> list[dict]:
 
 
 def plot(points: list[dict], model: str, path: str) -> None:
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -147,8 +141,6 @@ def plot(points: list[dict], model: str, path: str) -> None:
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     """Writes ``compression.md``, ``compression.json`` and ``fig_compression_<model>.png``."""
-    from experiments import sweep
-
     rows = run_all(plan, out, shard=shard, train=train, log=log)
     t4, pts = table4(rows, plan), size_points(rows, plan)
     lines = ["MLET versus low-rank SVD at equal effective embedding size (test AUC; paper Table 4)", "",
@@ -169,8 +161,8 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     for p in sorted(pts, key=lambda p: (p["model"], p["embedding"], p["hashed"], p["precision"], p["d"])):
         lines.append(f"| {p['model']} | {p['embedding']} | {'yes' if p['hashed'] else 'no'} | {p['precision']} "
                      f"| {p['d']} | {p['relative_size']:.3g} | {p['test_auc']:.4f} | {p['test_logloss']:.4f} |")
-    sweep.write_text(os.path.join(out, "compression.md"), "\n".join(lines) + "\n")
-    sweep.write_text(os.path.join(out, "compression.json"), json.dumps({"table4": t4, "sizes": pts}, indent=1))
+    atomic_write_text(os.path.join(out, "compression.md"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(out, "compression.json"), json.dumps({"table4": t4, "sizes": pts}, indent=1))
     for m in plan.hash_models:
         if any(p["model"] == m for p in pts):
             plot(pts, m, os.path.join(out, f"fig_compression_{m}.png"))
@@ -178,8 +170,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
 
 
 def main(argv=None):
-    from experiments.common import parse_plan_cli
-
     a, plan, kw = parse_plan_cli(__doc__, argv)
     run(plan, a.out, **kw)
     print(open(os.path.join(a.out, "compression.md")).read())

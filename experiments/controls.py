@@ -22,10 +22,12 @@ import sys
 
 import numpy as np
 
+from experiments.common import base_config, mean_std, parse_plan_cli
+from experiments.store import plan_ensure
+from mlet_jax.io import atomic_write_text
+
 
 def configs(plan):
-    from experiments.sweep import base_config
-
     out = []
     for m in plan.models:
         for s in range(plan.n_seeds(m)):
@@ -38,10 +40,10 @@ def configs(plan):
 def paired(a: dict, b: dict) -> dict:
     """Mean and standard error of ``a[seed] - b[seed]`` over common seeds."""
     seeds = sorted(set(a) & set(b))
-    diff = np.array([a[s] - b[s] for s in seeds], np.float64)
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    return {"mean": float(diff.mean()) if len(diff) else float("nan"), "se": se, "n": len(diff),
-            "diffs": diff.tolist()}
+    diff = [a[s] - b[s] for s in seeds]
+    mean, sd = mean_std(diff) if diff else (float("nan"), float("nan"))
+    se = sd / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    return {"mean": mean, "se": float(se), "n": len(diff), "diffs": [float(x) for x in diff]}
 
 
 def analyze(rows: list[dict], plan, metric: str = "test_auc") -> list[dict]:
@@ -89,18 +91,14 @@ def markdown(res: list[dict]) -> str:
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[dict]:
     """Writes ``controls.md`` and ``controls.json``."""
-    from experiments import sweep
-
-    rows = sweep.plan_ensure(plan, out, configs(plan), shard=shard, train=train, log=log)
+    rows = plan_ensure(plan, out, configs(plan), shard=shard, train=train, log=log)
     res = analyze(rows, plan)
-    sweep.write_text(os.path.join(out, "controls.md"), markdown(res) + "\n")
-    sweep.write_text(os.path.join(out, "controls.json"), json.dumps(res, indent=1))
+    atomic_write_text(os.path.join(out, "controls.md"), markdown(res) + "\n")
+    atomic_write_text(os.path.join(out, "controls.json"), json.dumps(res, indent=1))
     return res
 
 
 def main(argv=None):
-    from experiments.common import parse_plan_cli
-
     a, plan, kw = parse_plan_cli(__doc__, argv)
     print(markdown(run(plan, a.out, **kw)))
 

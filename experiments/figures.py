@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import sys
 
+from experiments import sweep
+from experiments.common import parse_plan_cli, pyplot, save_figure
+
 
 def plot_model(summary: list[dict], model: str, path: str, title: str = "") -> None:
     """Two panels (AUC, LogLoss vs d, log2 axis) with mean +- std error bars."""
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
 
     entries = [e for e in summary if e["model"] == model]
@@ -40,8 +41,6 @@ def plot_model(summary: list[dict], model: str, path: str, title: str = "") -> N
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[str]:
     """One ``fig_sweep_<dataset>_<model>.png`` per model; returns the paths."""
-    from experiments import sweep
-
     summary = sweep.summarize(sweep.run(plan, out, shard=shard, train=train, log=log, write=False))
     paths = []
     for m in sorted({e["model"] for e in summary}):
@@ -52,8 +51,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[
 
 
 def main(argv=None):
-    from experiments.common import parse_plan_cli
-
     a, plan, kw = parse_plan_cli(__doc__, argv)
     print("\n".join(run(plan, a.out, **kw)))
 

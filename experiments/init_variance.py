@@ -16,10 +16,12 @@ import sys
 
 import numpy as np
 
+from experiments.common import base_config, mean_std, parse_plan_cli, pyplot, save_figure
+from experiments.store import plan_ensure
+from mlet_jax.io import atomic_write_text
+
 
 def configs(plan):
-    from experiments.sweep import base_config
-
     return [base_config(plan, m, plan.init_d, plan.init_k, seed, projection_std=std)
             for m in plan.init_models for std in plan.init_stds for seed in range(plan.init_seeds)]
 
@@ -30,9 +32,9 @@ def table(rows: list[dict], plan) -> list[dict]:
         for std in plan.init_stds:
             g = [r for r in rows if r["model"] == m and abs(r["projection_std"] - std) < 1e-12]
             ok = [r["test_auc"] for r in g if not r["diverged"]]
+            auc_mean, auc_std = mean_std(ok) if ok else (None, 0.0)
             out.append({"model": m, "std": std, "runs": len(g), "diverged": len(g) - len(ok),
-                        "test_auc_mean": float(np.mean(ok)) if ok else None,
-                        "test_auc_std": float(np.std(ok, ddof=1)) if len(ok) > 1 else 0.0,
+                        "test_auc_mean": auc_mean, "test_auc_std": auc_std,
                         "test_logloss_mean": float(np.mean([r["test_logloss"] for r in g if not r["diverged"]]))
                         if ok else None})
     return out
@@ -40,12 +42,10 @@ def table(rows: list[dict], plan) -> list[dict]:
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     """Writes ``init_variance.md`` and ``fig_init_variance.png``."""
-    from experiments import sweep
-
-    rows = sweep.plan_ensure(plan, out, configs(plan), shard=shard, train=train, log=log)
-    base = sweep.plan_ensure(plan, out, [sweep.base_config(plan, m, plan.init_d, None, s)
-                                         for m in plan.init_models for s in range(plan.init_seeds)],
-                             shard=shard, train=train, log=log)
+    rows = plan_ensure(plan, out, configs(plan), shard=shard, train=train, log=log)
+    base = plan_ensure(plan, out, [base_config(plan, m, plan.init_d, None, s)
+                                   for m in plan.init_models for s in range(plan.init_seeds)],
+                       shard=shard, train=train, log=log)
     t = table(rows, plan)
     ref = {m: float(np.mean([r["test_auc"] for r in base if r["model"] == m])) for m in plan.init_models
            if any(r["model"] == m for r in base)}
@@ -58,14 +58,12 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
         ll = "" if e["test_logloss_mean"] is None else f"{e['test_logloss_mean']:.4f}"
         lines.append(f"| {e['model']} | {e['std']} | {plan.init_k * e['std'] ** 2:.3g} | {e['runs']} "
                      f"| {e['diverged']} | {auc} | {ll} |")
-    sweep.write_text(os.path.join(out, "init_variance.md"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(out, "init_variance.md"), "\n".join(lines) + "\n")
     plot(t, ref, os.path.join(out, "fig_init_variance.png"), plan)
     return {"table": t, "single": ref}
 
 
 def plot(t, ref, path, plan) -> None:
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -85,8 +83,6 @@ def plot(t, ref, path, plan) -> None:
 
 
 def main(argv=None):
-    from experiments.common import parse_plan_cli
-
     a, plan, kw = parse_plan_cli(__doc__, argv)
     print(run(plan, a.out, **kw))
 

@@ -16,6 +16,8 @@ import sys
 
 import numpy as np
 
+from mlet_jax.io import atomic_write_text
+
 SECTIONS = (
     ("Sweep: quality versus d and k (paper Figures 2-4, Table 2)", "sweep.md", "fig_sweep_"),
     ("Embedding-parameter savings (paper: 4-16x, up to 16x, 5.8x on average)", "savings.md", None),
@@ -167,9 +169,7 @@ def build(out: str, title: str = "MLET reproduction report", preamble: str | Non
                 if f.startswith(fig) and f.endswith(".png"):
                     parts += [f"![{f}]({f})", ""]
     text = "\n".join(parts)
-    from experiments.sweep import write_text
-
-    write_text(os.path.join(out, "report.md"), text)
+    atomic_write_text(os.path.join(out, "report.md"), text)
     return text
 
 

@@ -15,42 +15,42 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 import time
 
+from experiments import compression, controls, figures, frequency, init_variance, report, savings, sweep
+from experiments.common import parse_plan_cli
+from mlet_jax.io import atomic_write_text
+
+# compression first: its unhashed runs are sweep runs too
 STEPS = ("compression", "sweep", "figures", "savings", "frequency", "init_variance", "controls")
+MODULES = {"compression": compression, "sweep": sweep, "figures": figures, "savings": savings,
+           "frequency": frequency, "init_variance": init_variance, "controls": controls}
 
 
-def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print, quick: bool = False) -> dict:
-    """Run every step in order (compression first: its unhashed runs are sweep runs too); returns the timings."""
-    import importlib
-
-    from experiments import report, sweep
-
+def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
+    """Run every step in order, then the report; returns the timings."""
     os.makedirs(out, exist_ok=True)
-    sweep.write_text(os.path.join(out, "plan.json"), json.dumps(plan.to_json(), indent=1, default=str))
+    atomic_write_text(os.path.join(out, "plan.json"), json.dumps(plan.to_json(), indent=1, default=str))
     timing, t_all = {}, time.perf_counter()
     for step in STEPS:
         t0 = time.perf_counter()
         log(f"== {step}")
-        importlib.import_module(f"experiments.{step}").run(plan, out, shard=shard, train=train, log=log)
+        MODULES[step].run(plan, out, shard=shard, train=train, log=log)
         timing[step] = round(time.perf_counter() - t0, 1)
     timing["total_s"] = round(time.perf_counter() - t_all, 1)
-    import platform
-
     timing["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(),
                          "load_avg_at_end": os.getloadavg()}
     if train and shard == (0, 1):
-        sweep.write_text(os.path.join(out, "timing.json"), json.dumps(timing, indent=1))
+        atomic_write_text(os.path.join(out, "timing.json"), json.dumps(timing, indent=1))
     report.build(out)
     return timing
 
 
 def main(argv=None):
-    from experiments.common import parse_plan_cli
-
     a, plan, kw = parse_plan_cli(__doc__, argv)
-    t = run(plan, a.out, **kw, quick=a.quick)
+    t = run(plan, a.out, **kw)
     print(json.dumps(t))
 
 

@@ -18,6 +18,10 @@ import sys
 
 import numpy as np
 
+from experiments import sweep
+from experiments.common import parse_plan_cli
+from mlet_jax.io import atomic_write_text
+
 
 def savings(summary: list[dict], metric: str = "test_auc") -> list[dict]:
     """One entry per (model, single-layer D): the best (smallest-d) MLET configuration that matches it, if any."""
@@ -68,19 +72,15 @@ def markdown(entries: list[dict], head: dict, metric: str = "test_auc") -> str:
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     """Writes ``savings.md`` and ``savings.json``."""
-    from experiments import sweep
-
     summary = sweep.summarize(sweep.run(plan, out, shard=shard, train=train, log=log, write=False))
     entries = savings(summary)
     head = headline(entries)
-    sweep.write_text(os.path.join(out, "savings.md"), markdown(entries, head) + "\n")
-    sweep.write_text(os.path.join(out, "savings.json"), json.dumps({"entries": entries, "headline": head}, indent=1))
+    atomic_write_text(os.path.join(out, "savings.md"), markdown(entries, head) + "\n")
+    atomic_write_text(os.path.join(out, "savings.json"), json.dumps({"entries": entries, "headline": head}, indent=1))
     return {"entries": entries, "headline": head}
 
 
 def main(argv=None):
-    from experiments.common import parse_plan_cli
-
     a, plan, kw = parse_plan_cli(__doc__, argv)
     r = run(plan, a.out, **kw)
     print(markdown(r["entries"], r["headline"]))

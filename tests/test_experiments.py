@@ -1,14 +1,15 @@
-"""Each experiment end to end on a tiny plan, plus the sweep's file handling (resume, parallel appends)."""
+"""Each experiment end to end on a tiny plan, plus the run store's file handling (resume, parallel appends)."""
 
 import dataclasses
 import json
 import multiprocessing as mp
 import os
+import statistics
 
 import numpy as np
 import pytest
 
-from experiments import common, controls, frequency, report, reproduce, savings, sweep
+from experiments import common, controls, report, reproduce, savings, store, subsets, sweep
 from mlet_jax.data.synthetic import make_synthetic
 
 TINY_DATA = (("n_train", 2_560), ("n_valid", 0), ("n_test", 1_500), ("vocab_sizes", (4, 30, 200, 600)),
@@ -49,7 +50,7 @@ def test_reproduce_writes_every_file(tiny_run):
 
 def test_runs_are_unique_and_shared(tiny_run):
     plan, out, _, logs = tiny_run
-    rows = sweep.read_rows(os.path.join(out, "runs.jsonl"))
+    rows = store.read_rows(os.path.join(out, "runs.jsonl"))
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys))  # no run trained twice across experiments
     # sweep 8 + controls 2 (x4) + init 1 (std 0.05; 0.5 is the default) + hashed 2; svd/int8 rows are sweep rows
@@ -61,7 +62,7 @@ def test_runs_are_unique_and_shared(tiny_run):
 
 def test_savings_consistent_with_sweep_rows(tiny_run):
     plan, out, _, _ = tiny_run
-    rows = [r for r in sweep.read_rows(os.path.join(out, "runs.jsonl")) if sweep.is_plain(r)
+    rows = [r for r in store.read_rows(os.path.join(out, "runs.jsonl")) if store.is_plain(r)
             and r["data"] == plan.data_tag()]
     res = json.load(open(os.path.join(out, "savings.json")))
     for e in res["entries"]:
@@ -81,7 +82,7 @@ def test_savings_consistent_with_sweep_rows(tiny_run):
 def test_controls_pair_by_seed(tiny_run):
     plan, out, _, _ = tiny_run
     res = json.load(open(os.path.join(out, "controls.json")))
-    rows = sweep.read_rows(os.path.join(out, "runs.jsonl"))
+    rows = store.read_rows(os.path.join(out, "runs.jsonl"))
     (e,) = res
     mlet = {r["seed"]: r["test_auc"] for r in rows if r["d"] == 2 and r["k"] == 4 and r["table_lr_mult"] == 1
             and abs(r["projection_std"] - 0.5) < 1e-9 and r["data"] == plan.data_tag()}
@@ -109,28 +110,28 @@ def test_resume_skips_done_rows(tiny_run):
     logs = []
     reproduce.run(plan, out, log=logs.append)
     assert not any(line.startswith("[") for line in logs)
-    assert len(sweep.read_rows(os.path.join(out, "runs.jsonl"))) == 13
+    assert len(store.read_rows(os.path.join(out, "runs.jsonl"))) == 13
 
 
 def test_frequency_definitions():
     ds = make_synthetic(0, n_train=3000, n_valid=0, n_test=500, vocab_sizes=(3, 50, 400))
     c = ds.id_counts
     ids = ds.test.ids
-    ml = frequency.sample_frequency(ids, c, ds.schema, "mean_log")
+    ml = subsets.sample_frequency(ids, c, ds.schema, "mean_log")
     ref = np.mean([np.log1p(c[f][ids[:, f]]) for f in range(3)], axis=0)
     np.testing.assert_allclose(ml, ref)
-    np.testing.assert_array_equal(frequency.sample_frequency(ids, c, ds.schema, "min"),
+    np.testing.assert_array_equal(subsets.sample_frequency(ids, c, ds.schema, "min"),
                                   np.min([c[f][ids[:, f]] for f in range(3)], axis=0))
-    np.testing.assert_array_equal(frequency.sample_frequency(ids, c, ds.schema, "field:C3"), c[2][ids[:, 2]])
-    a, b = frequency.subsets(ml, 0.1)
+    np.testing.assert_array_equal(subsets.sample_frequency(ids, c, ds.schema, "field:C3"), c[2][ids[:, 2]])
+    a, b = subsets.subsets(ml, 0.1)
     assert len(a) == len(b) == 50 and ml[a].min() >= ml[b].max()
     with pytest.raises(ValueError, match="no field 'C9'"):
-        frequency.sample_frequency(ids, c, ds.schema, "field:C9")
+        subsets.sample_frequency(ids, c, ds.schema, "field:C9")
 
 
 def _append_many(path, worker, n):
     for i in range(n):
-        sweep.append_row(path, {"key": f"{worker}-{i}", "pad": "x" * (5000 + 37 * i)})
+        store.append_row(path, {"key": f"{worker}-{i}", "pad": "x" * (5000 + 37 * i)})
 
 
 @pytest.mark.filterwarnings("ignore:os.fork")  # the children only append to a file; no JAX runs in them
@@ -153,11 +154,11 @@ def test_truncated_line_is_ignored_and_summaries(tmp_path):
              "test_auc": 0.7 + 0.01 * d + (0.03 if k else 0) + 0.001 * s, "test_logloss": 0.5}
             for i, (d, k, s) in enumerate((d, k, s) for d in (2, 4, 8) for k in (None, 16) for s in (0, 1))]
     for r in rows:
-        sweep.append_row(path, r)
+        store.append_row(path, r)
     with open(path, "a") as f:
         f.write('{"key": "cut')
-    assert len(sweep.read_rows(path)) == 12
-    summ = sweep.summarize(sweep.read_rows(path))
+    assert len(store.read_rows(path)) == 12
+    summ = sweep.summarize(store.read_rows(path))
     e = next(e for e in summ if e["d"] == 4 and e["k"] == 16)
     assert e["test_auc_mean"] == pytest.approx(0.7 + 0.04 + 0.03 + 0.0005) and e["n"] == 2
     sv = savings.savings(summ)
@@ -171,3 +172,20 @@ def test_controls_paired_helper():
     r = controls.paired({0: 0.8, 1: 0.9, 2: 0.85}, {0: 0.7, 1: 0.85, 2: 0.85})
     assert r["mean"] == pytest.approx(0.05) and r["n"] == 3
     assert r["se"] == pytest.approx(np.std([0.1, 0.05, 0.0], ddof=1) / np.sqrt(3))
+
+
+def test_mean_std_is_the_sample_spread():
+    x = [0.71, 0.74, 0.70, 0.735]
+    m, s = common.mean_std(x)
+    assert m == pytest.approx(statistics.mean(x), rel=1e-15) and s == pytest.approx(statistics.stdev(x), rel=1e-12)
+    assert common.mean_std([0.7]) == (0.7, 0.0)
+
+
+def test_data_options_parse_as_the_train_command_line(capsys):
+    _, plan, kw = common.parse_plan_cli("doc", ["--out", "x", "--data-option", "vocab_sizes=[3,4]",
+                                                "--data-option", "n-train=100", "--data-option", "name=abc"])
+    assert dict(plan.data_options) == {"vocab_sizes": (3, 4), "n_train": 100, "name": "abc"}
+    assert kw == {"shard": (0, 1), "train": True}
+    with pytest.raises(SystemExit) as e:
+        common.parse_plan_cli("doc", ["--out", "x", "--data-option", "noequals"])
+    assert e.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
