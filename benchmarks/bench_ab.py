@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import REPO, machine
 from mlet_jax.io import atomic_write_text
 from mlet_jax.models import MODELS
-
-HERE = Path(__file__).resolve().parents[1]
 
 
 def _run(folder: Path, model: str, steps: int) -> dict:
@@ -51,13 +49,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default=None, help="JSONL output path")
     args = p.parse_args(argv)
-    new_commit = subprocess.run(["git", "rev-parse", "--short", args.new], cwd=HERE, capture_output=True,
+    new_commit = subprocess.run(["git", "rev-parse", "--short", args.new], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         old_dir, new_dir = Path(tmp) / "old", Path(tmp) / "new"
         for folder, commit in ((old_dir, args.old), (new_dir, new_commit)):
-            subprocess.run(["git", "worktree", "add", "--detach", str(folder), commit], cwd=HERE, check=True,
+            subprocess.run(["git", "worktree", "add", "--detach", str(folder), commit], cwd=REPO, check=True,
                            capture_output=True)
         try:
             for model in args.models:
@@ -67,7 +65,7 @@ def main(argv=None) -> list[dict]:
                     for side in order:
                         got[side].append(_run(old_dir if side == "old" else new_dir, model, args.steps))
                 row = {"model": model, "old": args.old, "new": new_commit, "rounds": args.rounds,
-                       "load_avg_1m": os.getloadavg()[0]}
+                       "machine": machine()}
                 for kind in ("single", "mlet"):
                     old_ms = statistics.median(x[f"{kind}_ms_per_step"] for x in got["old"])
                     new_ms = statistics.median(x[f"{kind}_ms_per_step"] for x in got["new"])
@@ -77,7 +75,7 @@ def main(argv=None) -> list[dict]:
                 print(json.dumps(row), flush=True)
         finally:
             for folder in (old_dir, new_dir):
-                subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=HERE, capture_output=True)
+                subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO, capture_output=True)
     if args.out:
         atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

@@ -11,7 +11,7 @@ categoricals, Zipf-distributed ids), then in one run and on the same file:
 
 Command (about 3 minutes on the 2-core box; needs ``pip install pandas``)::
 
-    .venv/bin/python benchmarks/bench_data.py --rows 2000000 --workdir /tmp/mlet_bench_data
+    .venv/bin/python -m benchmarks.bench_data --rows 2000000 --workdir /tmp/mlet_bench_data
 
 Prints one JSON line with rows/s of both pipelines, their ratio and the batch iterator's samples/s.
 """
@@ -21,15 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
+import tempfile
 import time
 
 import numpy as np
 import polars as pl
 
+from benchmarks.common import machine
 from mlet_jax.data import batches
 from mlet_jax.data.registry import prepare
+
+MARKER = ".written_by_bench_data"  # a --workdir holding it is this script's own (kept by --keep) and may be reused
 
 VOCAB = (1460, 583, 100000, 100000, 305, 24, 12517, 633, 3, 93145, 5683, 100000, 3194, 27, 14992, 100000, 10,
          5652, 2173, 4, 100000, 18, 15, 100000, 105, 100000)
@@ -80,22 +83,30 @@ def pandas_pipeline(path: str, out: str) -> int:
     return n
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=2_000_000)
-    ap.add_argument("--workdir", default="/tmp/mlet_bench_data")
+    ap.add_argument("--workdir", default=None,
+                    help="scratch folder, missing, empty or this script's own (default: a new temporary one)")
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--keep", action="store_true", help="keep the generated file and caches")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    wd = args.workdir
+    if wd is None:
+        args.workdir = tempfile.mkdtemp(prefix="mlet_bench_data_")
+    elif os.path.exists(wd) and not os.path.isdir(wd):
+        ap.error(f"argument --workdir: {wd} is not a folder")
+    elif os.path.isdir(wd) and os.listdir(wd) and not os.path.exists(os.path.join(wd, MARKER)):
+        ap.error(f"argument --workdir: {wd} is not empty and this script did not write it; give a new or empty one")
     os.makedirs(args.workdir, exist_ok=True)
+    open(os.path.join(args.workdir, MARKER), "w").close()
     path = os.path.join(args.workdir, "train.txt")
     t = time.perf_counter()
     if not (os.path.exists(path) and args.keep):
         generate(path, args.rows)
     gen_s = time.perf_counter() - t
     res = {"rows": args.rows, "file_mb": round(os.path.getsize(path) / 2**20, 1), "generate_s": round(gen_s, 1),
-           "machine": f"{platform.machine()} {os.cpu_count()} cpu(s), {platform.python_version()}, "
-                      f"polars {pl.__version__}"}
+           "machine": machine() | {"polars": pl.__version__}}
     cache = os.path.join(args.workdir, "cache")
     shutil.rmtree(cache, ignore_errors=True)
     t = time.perf_counter()

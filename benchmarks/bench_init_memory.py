@@ -22,11 +22,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+import jax
+import numpy as np
+
+from benchmarks.common import machine, timed
+from mlet_jax.distributed import make_mesh
+from mlet_jax.embeddings import EmbeddingSpec
+from mlet_jax.models.dlrm import DLRM
+from mlet_jax.optim import OptimizerSpec
+from mlet_jax.training import TrainConfig, Trainer
 
 CRITEO_KAGGLE = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
                  5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
@@ -48,15 +57,6 @@ def _rss_mib() -> float:
 
 
 def _case(vocab_name: str, steps: int, batch: int, devices: int) -> dict:
-    import jax
-    import numpy as np
-
-    from mlet_jax.distributed import make_mesh
-    from mlet_jax.embeddings import EmbeddingSpec
-    from mlet_jax.models.dlrm import DLRM
-    from mlet_jax.optim import OptimizerSpec
-    from mlet_jax.training import TrainConfig, Trainer
-
     vocab = _vocab(vocab_name)
     config = TrainConfig(OptimizerSpec("adagrad", lr=0.02))
 
@@ -76,10 +76,7 @@ def _case(vocab_name: str, steps: int, batch: int, devices: int) -> dict:
     tr = Trainer(model(vocab), config, mesh=make_mesh() if devices > 1 else None)
     if devices > 1:
         b = tr.place_batch(b)
-    t0 = time.perf_counter()
-    state = tr.init(0, b)
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t0
+    state, init_s = timed(tr.init, 0, b)
     init_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state.replace(rng=jax.random.key_data(state.rng))))
     step_s, losses = [], []
@@ -117,8 +114,7 @@ def main(argv=None) -> None:
     if out.returncode:
         sys.exit(out.stderr[-4000:])
     rec = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    rec.update(commit=commit, machine=platform.platform(), cpus=os.cpu_count(), load=os.getloadavg())
+    rec["machine"] = machine()
     print(json.dumps(rec))
 
 

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import time
 
 import jax
 import numpy as np
 
+from benchmarks.common import machine, round_robin, timed
 from mlet_jax.data.base import batches
 from mlet_jax.data.synthetic import make_synthetic
 from mlet_jax.io import atomic_write_text
@@ -37,12 +35,6 @@ from mlet_jax.models.presets import paper_embedding, paper_optimizer
 from mlet_jax.training import TrainConfig, Trainer
 
 KINDS = ("single", "mlet")
-
-
-def machine() -> str:
-    dev = jax.devices()[0]
-    return (f"{platform.machine()} {os.cpu_count()} CPUs, {dev.platform} ({dev.device_kind}), "
-            f"jax {jax.__version__}")
 
 
 def run(models, *, dim: int = 16, inner_dim: int = 64, batch: int = 1024, steps: int = 20, n_batches: int = 16,
@@ -56,19 +48,17 @@ def run(models, *, dim: int = 16, inner_dim: int = 64, batch: int = 1024, steps:
         for kind in KINDS:
             spec = paper_embedding(name, kind, dim, inner_dim if kind == "mlet" else None)
             trainer = Trainer(build_model(name, data.schema, spec), TrainConfig(optimizer=paper_optimizer(name)))
-            t0 = time.perf_counter()
-            state = trainer.init(0, staged[0])
-            for b in staged[:2]:  # compile, then one warm step
-                state, m = trainer.train_step(state, b)
-            jax.block_until_ready((state.params, m["loss"]))
-            trainers[kind], states[kind], compile_s[kind] = trainer, state, time.perf_counter() - t0
-        per_step = {k: [] for k in KINDS}
-        for i in range(steps):
-            for kind in KINDS:  # alternate step by step, so load drift hits both kinds alike
-                t0 = time.perf_counter()
-                states[kind], m = trainers[kind].train_step(states[kind], staged[i % len(staged)])
-                jax.block_until_ready((states[kind].params, m["loss"]))
-                per_step[kind].append(time.perf_counter() - t0)
+
+            def warm(trainer=trainer):
+                state = trainer.init(0, staged[0])
+                for b in staged[:2]:  # compile, then one warm step
+                    state, m = trainer.train_step(state, b)
+                return state
+
+            (states[kind], compile_s[kind]), trainers[kind] = timed(warm), trainer
+        # alternate step by step, so load drift hits both kinds alike
+        per_step = round_robin({k: trainers[k].train_step for k in KINDS}, states,
+                               lambda i: staged[i % len(staged)], steps)
         med = {k: statistics.median(v) for k, v in per_step.items()}
         row = {"model": name, "dim": dim, "inner_dim": inner_dim, "batch": batch,
                **{f"{k}_samples_per_s": batch / med[k] for k in KINDS},
@@ -79,7 +69,7 @@ def run(models, *, dim: int = 16, inner_dim: int = 64, batch: int = 1024, steps:
                **{f"{k}_compile_s": compile_s[k] for k in KINDS},
                "params_single": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(states["single"].params))),
                "params_mlet": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(states["mlet"].params))),
-               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "load_avg_1m": os.getloadavg()[0]}
+               "machine": machine()}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if out:

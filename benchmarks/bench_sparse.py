@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import describe, machine, round_robin, timed
 from mlet_jax.embeddings import EmbeddingSpec, field_offsets
 from mlet_jax.io import atomic_write_text
 from mlet_jax.models.dlrm import DLRM
@@ -56,24 +54,13 @@ def make_batch(vocab: tuple[int, ...], batch: int, num_dense: int, seed: int = 0
 
 def time_steps(trainer: Trainer, batch: dict, params, steps: int, warmup: int = 2) -> tuple[float, float, float]:
     """``(median, min, compile+first)`` seconds per step on a fixed batch (``params`` are copied: steps donate)."""
-    t0 = time.perf_counter()
-    state = trainer.init(0, batch, params=jax.tree_util.tree_map(jnp.copy, params))
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t0
+    state, init_s = timed(trainer.init, 0, batch, params=jax.tree_util.tree_map(jnp.copy, params))
     batch = jax.device_put(batch)
-    step = trainer.train_step
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        state, m = step(state, batch)
-        jax.block_until_ready(m["loss"])
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready((state.params, m["loss"]))
-        times.append(time.perf_counter() - t0)
-    del state
+    states, step = {"path": state}, {"path": trainer.train_step}
+    del state  # the first step donates it
+    first = sum(round_robin(step, states, lambda i: batch, warmup)["path"])
+    times = round_robin(step, states, lambda i: batch, steps)["path"]
+    del states
     return statistics.median(times), min(times), first + init_s
 
 
@@ -83,26 +70,11 @@ def interleaved_sparse(sizes, trainers: dict, batch: dict, rounds: int) -> dict:
     On a shared machine the load drifts over minutes; timing one step of every size per round puts each size under
     the same load, so the ratios between sizes stay meaningful.
     """
-    states, times = {}, {n: [] for n in sizes}
     b = jax.device_put(batch)
-    for n in sizes:
-        states[n] = trainers[n].init(0, batch)
-        for _ in range(2):
-            states[n], m = trainers[n].train_step(states[n], b)
-        jax.block_until_ready(m["loss"])
-    for _ in range(rounds):
-        for n in sizes:
-            t0 = time.perf_counter()
-            states[n], m = trainers[n].train_step(states[n], b)
-            jax.block_until_ready((states[n].params, m["loss"]))
-            times[n].append(time.perf_counter() - t0)
-    return times
-
-
-def machine() -> str:
-    dev = jax.devices()[0]
-    return (f"{platform.machine()} {os.cpu_count()} CPUs, {dev.platform} ({dev.device_kind}), "
-            f"jax {jax.__version__}")
+    states = {n: trainers[n].init(0, batch) for n in sizes}
+    steps = {n: trainers[n].train_step for n in sizes}
+    round_robin(steps, states, lambda i: b, 2)  # compile, then one warm step
+    return round_robin(steps, states, lambda i: b, rounds)
 
 
 def run(sizes, *, batch: int, steps: int, dense_max: int, optimizer: str, kind: str, num_dense: int = 13,
@@ -201,7 +173,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="JSONL output path")
     p.add_argument("--profile", default=None, help="write a jax.profiler trace of the largest sparse run here")
     a = p.parse_args(argv)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe(machine())}")
     rows = run(a.sizes, batch=a.batch, steps=a.steps, dense_max=a.dense_max, optimizer=a.optimizer, kind=a.kind,
                uniform=not a.no_uniform, out=a.out, profile=a.profile)
     print(report(rows))

@@ -6,7 +6,9 @@ process, on the ``.npz`` files that ``../shared/peer_bench/gen_data.py`` writes;
 machine hits both. Each run: one epoch, Adagrad lr 0.02 (torch semantics), d = 16, DeepCTR-Torch's embedding init
 N(0, 1e-4) for single-layer tables (MLET: the paper's U(+-1/sqrt(n_field)) tables and N(0, 0.5) projections),
 loss summed over the batch as DeepCTR-Torch does, test AUC / LogLoss on the test file. Initialization (DeepCTR's
-``build_s``, mlet_jax's ``Trainer.init``) is outside every throughput.
+``build_s``, mlet_jax's ``Trainer.init``) is outside every throughput. The three outside paths are options with an
+environment default: ``--peer-dir`` (``$MLET_PEER_BENCH``), ``--data`` (``$MLET_PEER_DATA``) and ``--deepctr-python``
+(``$MLET_DEEPCTR_PYTHON``); a missing one is a usage error before anything runs.
 
 Regularization: DeepCTR-Torch's defaults add ``1e-5 ||W||^2`` of every embedding table to the loss, which touches all
 14.3M table entries every step and has no exact row-sparse equivalent. mlet_jax's row-sparse tables need no L2, so
@@ -20,12 +22,13 @@ compiled step's FLOP count (XLA cost analysis) against the machine's matmul ceil
 
 Command (the BENCHMARKS.md table; about 25 minutes on the 2-core box)::
 
-    .venv/bin/python benchmarks/bench_vs_deepctr.py --data /tmp/peer_bench/data/criteo_like \\
+    export MLET_PEER_BENCH=../shared/peer_bench MLET_DEEPCTR_PYTHON=/tmp/venv-torch/bin/python
+    .venv/bin/python -m benchmarks.bench_vs_deepctr --data /tmp/peer_bench/data/criteo_like \\
         --models DCN,DeepFM,AutoInt,xDeepFM --batch-sizes 1024 --n-train 250000 --out /tmp/vs_deepctr.jsonl
 
 Smoke mode (seconds, no DeepCTR-Torch, tiny generated arrays)::
 
-    .venv/bin/python benchmarks/bench_vs_deepctr.py --smoke --workdir /tmp/vs_smoke
+    .venv/bin/python -m benchmarks.bench_vs_deepctr --smoke
 
 Expected: mlet_jax >= 5x DeepCTR-Torch's steady samples/s at batch 1024 for DCN, DeepFM and AutoInt with test AUC
 within 0.002; xDeepFM's CIN is FLOP-bound on both sides, so its ratio is bounded by the FLOP floor.
@@ -34,15 +37,34 @@ within 0.002; xDeepFM's CIN is FLOP-bound on both sides, so its ratio is bounded
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
 import subprocess
+import tempfile
 import time
 
+import jax
 import numpy as np
 
-PEER = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peer_bench"))
+from benchmarks.common import (
+    DEEPCTR_PYTHON_ENV,
+    PEER_BENCH_ENV,
+    PEER_DATA_ENV,
+    add_external_path,
+    machine,
+    require_path,
+    timed,
+)
+from experiments.common import mean_std
+from mlet_jax.data.base import batches
+from mlet_jax.data.registry import load_dataset
+from mlet_jax.embeddings import EmbeddingSpec
+from mlet_jax.io import atomic_write_text
+from mlet_jax.models import build_model
+from mlet_jax.optim import OptimizerSpec
+from mlet_jax.training import TrainConfig, Trainer, fit
+
 MODEL_NAMES = {"DCN": "dcn", "DeepFM": "deepfm", "AutoInt": "autoint", "xDeepFM": "xdeepfm", "NFM": "nfm",
                "WDL": "wdl"}
 NO_L2 = {"l2_reg_embedding": 0.0, "l2_reg_linear": 0.0}
@@ -86,14 +108,6 @@ def run_deepctr(args, model: str, batch: int) -> dict:
 
 
 def run_mlet_jax(args, ds, model: str, batch: int, kind: str) -> dict:
-    import jax
-
-    from mlet_jax.data.base import batches
-    from mlet_jax.embeddings import EmbeddingSpec
-    from mlet_jax.models import build_model
-    from mlet_jax.optim import OptimizerSpec
-    from mlet_jax.training import TrainConfig, Trainer, fit
-
     if kind == "single":  # DeepCTR-Torch's embedding init
         spec = EmbeddingSpec(kind="single", dim=args.dim, table_init="normal", table_std=1e-4)
     else:  # the paper's MLET init: U(+-1/sqrt(n_field)) tables, N(0, 0.5) projections
@@ -103,16 +117,11 @@ def run_mlet_jax(args, ds, model: str, batch: int, kind: str) -> dict:
     trainer = Trainer(net, TrainConfig(optimizer=OptimizerSpec("adagrad", args.lr), loss_reduction="sum"))
     train, test = ds.train, ds.test
     load0 = _others_load()
-    t0 = time.perf_counter()
-    state = trainer.init(args.seed, next(batches(train, batch, seed=args.seed)))
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t0  # as DeepCTR-Torch's build_s: not in the throughput
-    t0 = time.perf_counter()
-    state, hist = fit(trainer, train, batch_size=batch, epochs=1, seed=args.seed, progress=False, state=state)
-    fit_wall = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    m = trainer.evaluate(state.params, test, batch_size=4096)
-    eval_s = time.perf_counter() - t1
+    # init_s is as DeepCTR-Torch's build_s: not in the throughput
+    state, init_s = timed(trainer.init, args.seed, next(batches(train, batch, seed=args.seed)))
+    (state, hist), fit_wall = timed(fit, trainer, train, batch_size=batch, epochs=1, seed=args.seed, progress=False,
+                                    state=state)
+    m, eval_s = timed(trainer.evaluate, state.params, test, batch_size=4096)
     b0 = {"dense": train.dense[:batch], "ids": train.ids[:batch], "label": train.label[:batch]}
     cost = trainer.train_step.lower(state, b0).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -154,8 +163,8 @@ def _mean_sd(rs: list[dict], key: str) -> str:
     """``mean`` of one run, ``mean +- sd`` (sample sd) of several, ``-`` of none."""
     if not rs:
         return "-"
-    x = np.array([r[key] for r in rs], float)
-    return f"{x.mean():.4f}" if len(x) == 1 else f"{x.mean():.4f} +- {x.std(ddof=1):.4f}"
+    mean, sd = mean_std([r[key] for r in rs])
+    return f"{mean:.4f}" if len(rs) == 1 else f"{mean:.4f} +- {sd:.4f}"
 
 
 def _gap(a: list[dict], b: list[dict], key: str = "test_auc") -> str:
@@ -200,7 +209,7 @@ def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="/tmp/peer_bench/data/criteo_like", help="PREFIX of PREFIX_{train,test}.npz")
+    add_external_path(ap, "--data", PEER_DATA_ENV, "PREFIX of the peer bench's PREFIX_{train,test}.npz")
     ap.add_argument("--models", default="DCN,DeepFM,AutoInt,xDeepFM")
     ap.add_argument("--batch-sizes", default="1024")
     ap.add_argument("--kinds", default="single,mlet", help="mlet_jax embedding kinds to run")
@@ -215,12 +224,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--deepctr-l2", choices=("0", "default"), default="0")
-    ap.add_argument("--deepctr-python", default="/tmp/venv-torch/bin/python")
-    ap.add_argument("--peer-dir", default=PEER)
+    add_external_path(ap, "--deepctr-python", DEEPCTR_PYTHON_ENV, "python of a venv with DeepCTR-Torch 0.3.0")
+    add_external_path(ap, "--peer-dir", PEER_BENCH_ENV, "the peer bench folder (bench_deepctr.py, bench_ceilings.py)")
     ap.add_argument("--no-deepctr", action="store_true", help="mlet_jax only")
     ap.add_argument("--ceilings", action="store_true", help="also measure the machine's ceilings (bench_ceilings.py)")
     ap.add_argument("--smoke", action="store_true", help="tiny generated data, batch 64, no DeepCTR-Torch")
-    ap.add_argument("--workdir", default="/tmp/vs_deepctr")
+    ap.add_argument("--workdir", default=None, help="with --smoke: where the tiny arrays go (default: a new "
+                    "temporary folder)")
     ap.add_argument("--out", default="", help="append JSON lines here")
     ap.add_argument("--md", default="", help="write the markdown table here")
     ap.add_argument("--table-from", default="", help="only print the markdown table of this JSONL file's rows")
@@ -228,6 +238,8 @@ def main(argv=None) -> list[dict]:
                     help="with --table-from: the matmul ceiling for the floor column (the peer README: ~200 quiet)")
     args = ap.parse_args(argv)
     if args.table_from:
+        if not os.path.isfile(args.table_from):
+            ap.error(f"argument --table-from: {args.table_from} not found")
         with open(args.table_from) as fh:
             rows = [json.loads(x) for x in fh if x.startswith('{"lib"')]
         ceil = {"numpy_matmul_fp32_gflops": args.matmul_gflops} if args.matmul_gflops else {}
@@ -235,10 +247,12 @@ def main(argv=None) -> list[dict]:
         print(table)
         return rows
     if args.smoke:
-        args.data = write_tiny_arrays(os.path.join(args.workdir, "tiny"))
+        args.data = write_tiny_arrays(os.path.join(args.workdir or tempfile.mkdtemp(prefix="vs_smoke_"), "tiny"))
         args.no_deepctr, args.batch_sizes, args.inner_dim = True, "64", 8
-
-    from mlet_jax.data.registry import load_dataset
+    require_path(ap, args.data, "--data", PEER_DATA_ENV, files=("_train.npz", "_test.npz"))
+    if not args.no_deepctr or args.ceilings:
+        require_path(ap, args.deepctr_python, "--deepctr-python", DEEPCTR_PYTHON_ENV)
+        require_path(ap, args.peer_dir, "--peer-dir", PEER_BENCH_ENV, files=("/bench_deepctr.py", "/bench_ceilings.py"))
 
     full = load_dataset("arrays", args.data)
     rows: list[dict] = []
@@ -247,8 +261,7 @@ def main(argv=None) -> list[dict]:
         print(json.dumps({"ceilings": ceil}), flush=True)
 
     def emit(rec, seed):
-        rec.update(host=platform.node(), cpu_count=os.cpu_count(), data=args.data, seed=seed,
-                   deepctr_l2=args.deepctr_l2)
+        rec.update(machine=machine(), data=args.data, seed=seed, deepctr_l2=args.deepctr_l2)
         rows.append(rec)
         line = json.dumps(rec)
         print(line, flush=True)
@@ -263,8 +276,6 @@ def main(argv=None) -> list[dict]:
             n_tr = args.n_train_xdeepfm if (model == "xDeepFM" and args.n_train_xdeepfm) else args.n_train
             ds = full
             if n_tr or args.n_test:
-                import dataclasses
-
                 ds = dataclasses.replace(full, train=full.train.take(slice(0, n_tr or len(full.train))),
                                          test=full.test.take(slice(0, args.n_test or len(full.test))))
             for batch in [int(b) for b in args.batch_sizes.split(",") if b.strip()]:
@@ -281,8 +292,7 @@ def main(argv=None) -> list[dict]:
     table = markdown(rows, ceil, args.inner_dim)
     print(table)
     if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(table + "\n")
+        atomic_write_text(args.md, table + "\n")
     return rows
 
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import best_of, describe, machine, timed
 from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.models.dlrm import DLRM
 from mlet_jax.optim import OptimizerSpec
@@ -41,29 +41,18 @@ CRITEO_KAGGLE_VOCAB = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 931
 NUM_DENSE = 13
 
 
-def _timeit(fn, *args, reps: int) -> float:
-    """Best-of-``reps`` seconds of ``fn(*args)`` (already compiled by one warm-up call)."""
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def copy_bandwidth(nbytes: int, reps: int = 10) -> float:
     """Bytes per second of a device-to-device copy (each byte read once and written once)."""
     x = jnp.ones((nbytes // 4,), jnp.float32)
     f = jax.jit(lambda a: a * 1.0000001)  # not an identity, so XLA cannot elide it
-    return 2 * x.size * 4 / _timeit(f, x, reps=reps)
+    return 2 * x.size * 4 / best_of(f, x, reps=reps)
 
 
 def matmul_rate(n: int, dtype, reps: int = 10) -> float:
     """FLOP/s of an ``n x n`` by ``n x n`` matmul."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    return 2 * n**3 / _timeit(jax.jit(jnp.matmul), a, b, reps=reps)
+    return 2 * n**3 / best_of(jax.jit(jnp.matmul), a, b, reps=reps)
 
 
 def zipf_ids(vocab, batch: int, n_batches: int, seed: int = 0, exponent: float = 1.05) -> np.ndarray:
@@ -107,22 +96,17 @@ def train_throughput(vocab, kind: str, batch: int, steps: int, *, k: int = 64, d
     rng = np.random.default_rng(1)
     data = [jax.device_put({"dense": rng.standard_normal((batch, NUM_DENSE)).astype(np.float32), "ids": ids[i],
                             "label": (rng.random(batch) < 0.25).astype(np.float32)}) for i in range(n_b)]
-    t0 = time.perf_counter()
-    state = trainer.init(0, data[0])
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    state, m = trainer.train_step(state, data[0])
-    jax.block_until_ready(m["loss"])
-    compile_s = time.perf_counter() - t0
-    for i in range(2):
-        state, m = trainer.train_step(state, data[i % n_b])
-    jax.block_until_ready(state.params)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        state, m = trainer.train_step(state, data[i % n_b])
-    jax.block_until_ready((state.params, m["loss"]))
-    sec = (time.perf_counter() - t0) / steps
+
+    def run_steps(state, n):  # dispatched back to back, blocked once: the throughput of a training loop
+        for i in range(n):
+            state, m = trainer.train_step(state, data[i % n_b])
+        return state, m
+
+    state, init_s = timed(trainer.init, 0, data[0])
+    (state, m), compile_s = timed(trainer.train_step, state, data[0])
+    (state, m), _ = timed(run_steps, state, 2)  # warm steps, finished before the clock starts
+    (state, m), sec = timed(run_steps, state, steps)
+    sec /= steps
     nbytes, flops = step_cost(model, state.params, batch)
     uniq = np.mean([len(np.unique(ids[i] + np.cumsum((0,) + tuple(vocab[:-1]))[None, :])) for i in range(n_b)])
     loss = float(m["loss"])
@@ -130,11 +114,6 @@ def train_throughput(vocab, kind: str, batch: int, steps: int, *, k: int = 64, d
     return {"kind": kind, "batch": batch, "rows": int(sum(vocab)), "step_ms": sec * 1e3, "samples_per_s": batch / sec,
             "bytes_per_step": nbytes, "flops_per_step": flops, "unique_rows_per_batch": float(uniq),
             "init_s": init_s, "compile_s": compile_s, "final_loss": loss}
-
-
-def _device() -> str:
-    dev = jax.devices()[0]
-    return f"{dev.platform}:{dev.device_kind} x{jax.device_count()} ({platform.machine()}, jax {jax.__version__})"
 
 
 def run(smoke: bool = False, batches=None, steps: int | None = None, budget_s: float = 240.0) -> dict:
@@ -151,7 +130,8 @@ def run(smoke: bool = False, batches=None, steps: int | None = None, budget_s: f
         hw = {"copy_Bps": copy_bandwidth(1 << 30), "matmul_f32": matmul_rate(8192, jnp.float32),
               "matmul_bf16": matmul_rate(8192, jnp.bfloat16)}
         mlps = {}
-    print(f"device: {_device()}")
+    where = machine()
+    print(f"device: {describe(where)}")
     print(f"copy bandwidth {hw['copy_Bps'] / 1e9:.1f} GB/s, matmul f32 {hw['matmul_f32'] / 1e12:.1f} TFLOP/s, "
           f"bf16 {hw['matmul_bf16'] / 1e12:.1f} TFLOP/s", flush=True)
     rows = []
@@ -169,8 +149,8 @@ def run(smoke: bool = False, batches=None, steps: int | None = None, budget_s: f
                 else "compute"
             print(json.dumps(r), flush=True)
             rows.append(r)
-    return {"device": _device(), "hardware": hw, "vocab_rows": int(sum(vocab)), "smoke": smoke, "runs": rows,
-            "total_s": time.perf_counter() - t_start}
+    return {"device": where["device"], "machine": where, "hardware": hw, "vocab_rows": int(sum(vocab)),
+            "smoke": smoke, "runs": rows, "total_s": time.perf_counter() - t_start}
 
 
 def table(result: dict) -> str:

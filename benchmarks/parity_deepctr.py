@@ -2,9 +2,12 @@
 
 DeepCTR-Torch 0.3.0 builds the model (``../shared/peer_bench/bench_deepctr.py``'s feature columns, the regularizers
 off as in ``bench_vs_deepctr.py``), runs the first ``--n`` training rows forward, takes one torch Adagrad step on the
-summed BCE, and runs them forward again; in its own venv and process (``--torch-side``), writing its weights and
-logits to an ``.npz``. This process copies those weights into mlet_jax's model (fused tables, transposed kernels),
-and compares logits before the step, the loss, one mlet_jax Adagrad step (row-sparse) and the logits after it.
+summed BCE, and runs them forward again; in its own venv and process (``--torch-side``: this module under
+DeepCTR-Torch's python, from the repository root), writing its weights and logits to an ``.npz``. The peer bench
+folder, its data and that python are ``--peer-dir``, ``--data`` and ``--deepctr-python``, or ``$MLET_PEER_BENCH``,
+``$MLET_PEER_DATA`` and ``$MLET_DEEPCTR_PYTHON``. This process copies those weights into mlet_jax's model (fused
+tables, transposed kernels), and compares logits before the step, the loss, one mlet_jax Adagrad step (row-sparse)
+and the logits after it.
 
 It also compares every parameter's gradient (max abs difference over the parameter's max abs gradient). Logits,
 loss and gradients equal to float32 rounding mean the two train the same function. The logits after one Adagrad
@@ -14,7 +17,8 @@ steps of either sign.
 
 Command (BENCHMARKS.md)::
 
-    .venv/bin/python -m benchmarks.parity_deepctr --models DCN,DeepFM
+    MLET_PEER_BENCH=../shared/peer_bench MLET_PEER_DATA=/tmp/peer_bench/data/criteo_like \\
+        MLET_DEEPCTR_PYTHON=/tmp/venv-torch/bin/python .venv/bin/python -m benchmarks.parity_deepctr --models DCN,DeepFM
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import tempfile
 
 import numpy as np
 
-PEER = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "peer_bench"))
+from benchmarks.common import DEEPCTR_PYTHON_ENV, PEER_BENCH_ENV, PEER_DATA_ENV, REPO, add_external_path, require_path
+
 NO_L2 = {"DCN": {"l2_reg_embedding": 0.0, "l2_reg_linear": 0.0, "l2_reg_cross": 0.0},
          "DeepFM": {"l2_reg_embedding": 0.0, "l2_reg_linear": 0.0},
          "WDL": {"l2_reg_embedding": 0.0, "l2_reg_linear": 0.0},
@@ -97,6 +102,8 @@ def to_mlet_params(w: dict, n_fields: int, n_layers: int, cross_layers: int) -> 
 
 
 def compare(args, model_name: str) -> dict:
+    # jax and mlet_jax are imported here, not at the top: the --torch-side half of this script runs under
+    # DeepCTR-Torch's interpreter, which has neither.
     import jax
 
     from mlet_jax.data import load_dataset
@@ -107,10 +114,10 @@ def compare(args, model_name: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         npz = os.path.join(tmp, "torch.npz")
-        cmd = [args.deepctr_python, os.path.abspath(__file__), "--torch-side", "--model", model_name, "--npz", npz,
-               "--data", args.data, "--n", str(args.n), "--dim", str(args.dim), "--lr", str(args.lr),
+        cmd = [args.deepctr_python, "-m", "benchmarks.parity_deepctr", "--torch-side", "--model", model_name,
+               "--npz", npz, "--data", args.data, "--n", str(args.n), "--dim", str(args.dim), "--lr", str(args.lr),
                "--seed", str(args.seed), "--threads", str(args.threads), "--peer-dir", args.peer_dir]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
         if res.returncode != 0:
             raise RuntimeError(f"torch side failed ({res.returncode}):\n{res.stderr[-3000:]}")
         w = dict(np.load(npz))
@@ -156,17 +163,21 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="DCN,DeepFM")
     ap.add_argument("--model", default="DCN", help="(--torch-side) the one model")
-    ap.add_argument("--data", default="/tmp/peer_bench/data/criteo_like")
+    add_external_path(ap, "--data", PEER_DATA_ENV, "PREFIX of the peer bench's PREFIX_{train,test}.npz")
     ap.add_argument("--n", type=int, default=1024, help="rows of the one batch")
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--deepctr-python", default="/tmp/venv-torch/bin/python")
-    ap.add_argument("--peer-dir", default=PEER)
+    add_external_path(ap, "--deepctr-python", DEEPCTR_PYTHON_ENV, "python of a venv with DeepCTR-Torch 0.3.0")
+    add_external_path(ap, "--peer-dir", PEER_BENCH_ENV, "the peer bench folder (bench_deepctr.py)")
     ap.add_argument("--torch-side", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--npz", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    require_path(ap, args.data, "--data", PEER_DATA_ENV, files=("_train.npz",))
+    require_path(ap, args.peer_dir, "--peer-dir", PEER_BENCH_ENV, files=("/bench_deepctr.py",))
+    if not args.torch_side:
+        require_path(ap, args.deepctr_python, "--deepctr-python", DEEPCTR_PYTHON_ENV)
     if args.torch_side:
         torch_side(args)
         return []

@@ -1,14 +1,16 @@
 """Where one mlet_jax train step spends its time: XLA thunks from a ``jax.profiler`` trace, summed per op.
 
-Builds a model exactly as ``benchmarks/bench_vs_deepctr.py`` does (Adagrad lr 0.02, summed loss, DeepCTR-Torch's
-embedding init for single-layer, the paper's for MLET), on the peer bench's ``.npz`` files (or tiny generated ones
-with ``--smoke``), runs ``--steps`` donated train steps under ``jax.profiler.trace`` and prints the per-step
-milliseconds of the heaviest XLA ops with the op's HLO (``--hlo`` prints the fused computation of each), then the
-compiled step's FLOPs. Use it before optimizing a model's step; BENCHMARKS.md quotes its tables.
+Builds a model exactly as ``benchmarks.bench_vs_deepctr`` does (Adagrad lr 0.02, summed loss, DeepCTR-Torch's
+embedding init for single-layer, the paper's for MLET), on the peer bench's ``.npz`` files (``--data PREFIX`` or
+``$MLET_PEER_DATA``; tiny generated ones with ``--smoke``), runs ``--steps`` donated train steps under
+``jax.profiler.trace`` and prints the per-step milliseconds of the heaviest XLA ops with the op's HLO (``--hlo``
+prints the fused computation of each), then the compiled step's FLOPs. Use it before optimizing a model's step;
+BENCHMARKS.md quotes its tables.
 
 Command (BENCHMARKS.md)::
 
-    .venv/bin/python -m benchmarks.profile_step --model autoint --kind single --batch 1024
+    MLET_PEER_DATA=/tmp/peer_bench/data/criteo_like .venv/bin/python -m benchmarks.profile_step --model autoint \\
+        --kind single --batch 1024
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ import os
 import re
 import shutil
 import tempfile
-import time
+
+import jax
+import numpy as np
+
+from benchmarks.bench_vs_deepctr import write_tiny_arrays
+from benchmarks.common import PEER_DATA_ENV, add_external_path, describe, machine, require_path, timed
+from mlet_jax.data import load_dataset
+from mlet_jax.embeddings import EmbeddingSpec
+from mlet_jax.models import build_model
+from mlet_jax.optim import OptimizerSpec
+from mlet_jax.training import TrainConfig, Trainer
 
 
 def aggregate(trace_dir: str, steps: int) -> list[tuple[str, float, int]]:
@@ -52,7 +64,7 @@ def _op_lines(hlo: str) -> dict[str, str]:
 
 def main(argv=None) -> list[tuple[str, float, int]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="/tmp/peer_bench/data/criteo_like", help="PREFIX of PREFIX_{train,test}.npz")
+    add_external_path(ap, "--data", PEER_DATA_ENV, "PREFIX of the peer bench's PREFIX_{train,test}.npz")
     ap.add_argument("--model", default="autoint")
     ap.add_argument("--kind", choices=("single", "mlet"), default="single")
     ap.add_argument("--batch", type=int, default=1024)
@@ -63,16 +75,8 @@ def main(argv=None) -> list[tuple[str, float, int]]:
     ap.add_argument("--hlo", action="store_true", help="print each top op's HLO instruction")
     ap.add_argument("--smoke", action="store_true", help="tiny generated arrays (tests)")
     args = ap.parse_args(argv)
-
-    import jax
-    import numpy as np
-
-    from benchmarks.bench_vs_deepctr import write_tiny_arrays
-    from mlet_jax.data import load_dataset
-    from mlet_jax.embeddings import EmbeddingSpec
-    from mlet_jax.models import build_model
-    from mlet_jax.optim import OptimizerSpec
-    from mlet_jax.training import TrainConfig, Trainer
+    if not args.smoke:
+        require_path(ap, args.data, "--data", PEER_DATA_ENV, files=("_train.npz", "_test.npz"))
 
     work = tempfile.mkdtemp(prefix="mlet_profile_")
     try:
@@ -91,25 +95,25 @@ def main(argv=None) -> list[tuple[str, float, int]]:
         state = trainer.init(0, batches[0])
         step = trainer.train_step
         compiled = step.lower(state, batches[0]).compile()
-        for i in range(3):  # compile and warm up
-            state, m = step(state, batches[i % 2])
-        jax.block_until_ready(state)
-        t0 = time.perf_counter()
-        for i in range(args.steps):
-            state, m = step(state, batches[i % 2])
-        jax.block_until_ready(state)
-        wall = (time.perf_counter() - t0) / args.steps
+
+        def run_steps(state, n):
+            for i in range(n):
+                state, m = step(state, batches[i % 2])
+            return state
+
+        state, _ = timed(run_steps, state, 3)  # compile and warm up
+        state, wall = timed(run_steps, state, args.steps)
+        wall /= args.steps
         trace = os.path.join(work, "trace")
         with jax.profiler.trace(trace):
-            for i in range(args.steps):
-                state, m = step(state, batches[i % 2])
-            jax.block_until_ready(state)
+            state, _ = timed(run_steps, state, args.steps)
         rows = aggregate(trace, args.steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     ops = _op_lines(compiled.as_text())
+    print(f"machine: {describe(machine())}")
     print(f"{args.model} {args.kind} batch {b}: {wall * 1e3:.1f} ms/step unprofiled "
           f"({b / wall:,.0f} samples/s), {float(cost.get('flops', float('nan'))) / 1e9:.2f} GFLOP/step")
     skip = ("ThunkExecutor", "block_until_ready", "$", "PjitFunction", "XlaModule", "Thunk")

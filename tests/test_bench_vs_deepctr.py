@@ -1,28 +1,20 @@
-"""benchmarks/bench_vs_deepctr.py: smoke mode (tiny arrays, no DeepCTR-Torch) and the markdown table."""
+"""benchmarks/bench_vs_deepctr.py: smoke mode (tiny arrays, no DeepCTR-Torch), the markdown table, and the usage
+errors for missing outside paths."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_vs_deepctr.py")
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_deepctr", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmarks import bench_vs_deepctr
 
 
 def test_smoke_mode_trains_and_reports(tmp_path):
     out = tmp_path / "rows.jsonl"
     md = tmp_path / "table.md"
-    rows = _bench().main(["--smoke", "--models", "DeepFM", "--kinds", "single", "--workdir", str(tmp_path),
+    rows = bench_vs_deepctr.main(["--smoke", "--models", "DeepFM", "--kinds", "single", "--workdir", str(tmp_path),
                           "--out", str(out), "--md", str(md)])
     assert len(rows) == 1
     r = rows[0]
@@ -31,12 +23,31 @@ def test_smoke_mode_trains_and_reports(tmp_path):
     assert 0.5 < r["test_auc"] <= 1 and np.isfinite(r["test_logloss"])
     assert json.loads(out.read_text().splitlines()[0])["model"] == "DeepFM"
     assert "| DeepFM | 64 | - |" in md.read_text()
+    assert r["machine"]["cpus"] >= 1
+
+
+def test_deepctr_paths_are_required_before_anything_runs(tmp_path, monkeypatch, capsys):
+    prefix = bench_vs_deepctr.write_tiny_arrays(str(tmp_path / "d"), n_train=10, n_test=10)
+    for env in ("MLET_PEER_DATA", "MLET_PEER_BENCH", "MLET_DEEPCTR_PYTHON"):
+        monkeypatch.delenv(env, raising=False)
+    with pytest.raises(SystemExit) as e:
+        bench_vs_deepctr.main([])
+    assert e.value.code == 2 and "argument --data: required here; give --data PATH or set MLET_PEER_DATA" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_vs_deepctr.main(["--data", prefix])
+    assert "argument --deepctr-python: required here" in capsys.readouterr().err
+    monkeypatch.setenv("MLET_DEEPCTR_PYTHON", str(tmp_path / "d_train.npz"))  # any existing file
+    with pytest.raises(SystemExit):
+        bench_vs_deepctr.main(["--data", prefix, "--peer-dir", str(tmp_path)])
+    assert f"argument --peer-dir: {tmp_path}/bench_deepctr.py, {tmp_path}/bench_ceilings.py not found" in \
+        capsys.readouterr().err
 
 
 def test_tiny_arrays_match_the_peer_bench_format(tmp_path):
     from mlet_jax.data.registry import load_dataset
 
-    prefix = _bench().write_tiny_arrays(str(tmp_path / "d"), n_train=100, n_test=50)
+    prefix = bench_vs_deepctr.write_tiny_arrays(str(tmp_path / "d"), n_train=100, n_test=50)
     ds = load_dataset("arrays", prefix)
     assert ds.train.dense.shape == (100, 13) and ds.train.ids.shape == (100, 26) and len(ds.test) == 50
     assert len(ds.schema.vocab_sizes) == 26
@@ -47,7 +58,7 @@ def test_markdown_ratios_and_floor():
     rows = [dict(base, lib="deepctr-torch", model="DCN", steady_sps=10_000.0),
             dict(base, lib="mlet_jax", kind="single", model="DCN", steady_sps=60_000.0, step_flops=2e9),
             dict(base, lib="mlet_jax", kind="mlet", model="DCN", steady_sps=50_000.0, step_flops=2.1e9)]
-    table = _bench().markdown(rows, {"numpy_matmul_fp32_gflops": 200.0})
+    table = bench_vs_deepctr.markdown(rows, {"numpy_matmul_fp32_gflops": 200.0})
     line = table.splitlines()[-1]
     # 60k samples/s at 2 GFLOP per 1024-row step = 117 GFLOP/s, 59% of 200.
     assert "| DCN | 1024 | 10,000 | 60,000 | 6.0x | 50,000 | 1.20x |" in line and "2.00, 59%" in line
@@ -60,7 +71,7 @@ def test_markdown_auc_gap_has_welch_standard_error():
         base = {"batch_size": 1024, "test_logloss": 0.48, "seed": seed, "model": "DCN", "step_flops": 1e9}
         rows += [dict(base, lib="deepctr-torch", steady_sps=1.0, test_auc=a_d),
                  dict(base, lib="mlet_jax", kind="single", steady_sps=5.0, test_auc=a_s)]
-    line = _bench().markdown(rows, {}).splitlines()[-1]
+    line = bench_vs_deepctr.markdown(rows, {}).splitlines()[-1]
     d, s = np.array([0.750, 0.752, 0.746]), np.array([0.748, 0.753, 0.742])
     # by hand: means 0.749333 and 0.747667; sample variances 9.333e-6 and 3.0333e-5; se = sqrt((v_d + v_s) / 3)
     assert np.sqrt((9.3333e-6 + 3.0333e-5) / 3) == pytest.approx(0.0036362, rel=1e-4)
