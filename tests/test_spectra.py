@@ -142,3 +142,42 @@ def test_fit_records_spectra_every_n_steps():
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * want[0])
             lo += n
     assert hist.spectra[-1]["fields"] != hist.spectra[0]["fields"]  # the tables moved
+
+
+MESH_SCRIPT = """
+import json
+import numpy as np
+from mlet_jax.data.synthetic import make_synthetic
+from mlet_jax.distributed import make_mesh
+from mlet_jax.embeddings import EmbeddingSpec
+from mlet_jax.models import build_model
+from mlet_jax.optim import OptimizerSpec
+from mlet_jax.training import TrainConfig, Trainer, fit
+ds = make_synthetic(0, n_train=800, n_valid=0, n_test=10, vocab_sizes=(7, 50, 301))  # 358 rows: padded to 360
+model = build_model("dlrm", ds.schema, EmbeddingSpec("mlet", 4, 8), bottom_mlp=(8,), top_mlp=(8,))
+cfg = TrainConfig(OptimizerSpec("adagrad", 0.05))
+out = {}
+for name, mesh in (("one", None), ("mesh", make_mesh(data=4))):
+    state, hist = fit(Trainer(model, cfg), ds.train, batch_size=80, progress=False, spectra_every=4, mesh=mesh)
+    out[name] = [[f["singular_values"] for f in r["fields"]] for r in hist.spectra]
+    out[name + "_rows"] = int(state.params["embeddings"]["table"].shape[0])
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_spectra_on_a_mesh_equal_one_device():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    r = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT"):])
+    assert r["one_rows"] == 358 and r["mesh_rows"] == 360  # the mesh's padding rows are not part of any field
+    assert len(r["one"]) == len(r["mesh"]) == 4  # steps 0, 4, 8, 10
+    for a, b in zip(r["one"], r["mesh"], strict=True):
+        for sa, sb in zip(a, b, strict=True):
+            np.testing.assert_allclose(sb, sa, rtol=0, atol=1e-5 * sa[0])
