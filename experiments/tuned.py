@@ -119,6 +119,8 @@ def verdict(p: dict, a: str, b: str) -> str:
     """``a`` wins / ``b`` wins when the paired mean is beyond 2 standard errors, else a tie."""
     if not (math.isfinite(p["mean"]) and math.isfinite(p["se"])):
         return "no data"
+    if abs(p["mean"]) < 1e-4:  # below the resolution of an AUC on these test sets
+        return "tie"
     if p["mean"] > 2 * p["se"]:
         return f"{a} wins"
     if p["mean"] < -2 * p["se"]:
