@@ -140,8 +140,9 @@ class OptimizerSpec:
 
     @property
     def supports_row_sparse(self) -> bool:
-        """Whether a row-sparse update equals the dense one exactly."""
-        return self.weight_decay == 0 and self.momentum == 0
+        """Whether a row-sparse update equals the dense one exactly: no momentum, and no weight decay except SGD's,
+        whose decay of untouched rows has a closed form (:class:`mlet_jax.row_sparse.RowSparse` applies it lazily)."""
+        return self.momentum == 0 and (self.weight_decay == 0 or self.name == "sgd")
 
 
 def is_table_path(path) -> bool:

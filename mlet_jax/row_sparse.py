@@ -16,6 +16,13 @@ One step (:func:`value_and_grad` then :meth:`RowSparse.update` per table):
 For SGD without momentum and for Adagrad, without weight decay, this equals the dense update exactly: a row with a
 zero gradient does not move and its accumulator does not change (tests check 20 steps against the dense path, bags
 and repeats included). Cost grows with the batch, not with the table.
+
+SGD with weight decay ``wd`` moves every row every step, ``w <- (1 - lr wd) w - lr g``, but an untouched row only
+shrinks: after ``k`` steps without a gradient it is ``(1 - lr wd)^k w``. So each table keeps the step its rows are
+current at (``RowSparseState.last``) and a touched row is first brought up to date with that closed form; the
+table is current everywhere only after :meth:`RowSparse.materialize` (``Trainer.sync``: ``fit`` runs it before every
+evaluation and checkpoint and at the end). Adagrad's weight decay feeds the accumulator of untouched rows, which has
+no closed form, so it is refused.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ COMPACT_TILE = 64
 class RowSparseState(NamedTuple):
     count: chex.Array
     sum: Any  # Adagrad accumulator with the table's shape, or None for SGD
+    last: Any = None  # SGD with weight decay: int32 [N], the step each row is current at (lazy decay); else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +73,46 @@ class RowSparse:
 
     def __post_init__(self):
         if not self.spec.supports_row_sparse:
-            raise ValueError("row-sparse updates equal dense ones only without weight decay or momentum; "
-                             "use dense updates for this optimizer")
+            raise ValueError("row-sparse updates equal dense ones only without momentum, and without weight decay "
+                             "except SGD's; use dense updates for this optimizer")
+
+    @property
+    def lazy_decay(self) -> bool:
+        """SGD with weight decay: untouched rows decay lazily (see the module docstring)."""
+        return self.spec.name == "sgd" and self.spec.weight_decay != 0
 
     def init(self, table: jax.Array) -> RowSparseState:
         acc = (jnp.full_like(table, self.spec.initial_accumulator_value) if self.spec.name == "adagrad" else None)
-        return RowSparseState(count=jnp.zeros([], jnp.int32), sum=acc)
+        last = jnp.zeros(table.shape[:1], jnp.int32) if self.lazy_decay else None
+        return RowSparseState(count=jnp.zeros([], jnp.int32), sum=acc, last=last)
+
+    def _decay(self, steps, dtype):
+        """``(1 - lr wd)^steps`` per row: the closed form of ``steps`` SGD steps without a gradient."""
+        a = jnp.asarray(1.0 - self.spec.lr * self.spec.weight_decay, dtype)
+        return jnp.power(a, steps.astype(dtype))[:, None]
+
+    def catch_up(self, table: jax.Array, state: RowSparseState, rows) -> tuple[jax.Array, RowSparseState]:
+        """The batch's rows brought up to the steps taken (``state.count``) before the forward pass reads them;
+        ``rows`` may repeat and hold -1 padding (skipped). A no-op without lazy decay.
+
+        Repeats compute the same value from the same row, so ``set`` is exact; :meth:`update` then decays each
+        touched row by one step with its gradient step.
+        """
+        if not self.lazy_decay:
+            return table, state
+        rows = jnp.asarray(rows).reshape(-1)
+        safe = jnp.where(rows >= 0, rows, 0)
+        caught_up = table[safe] * self._decay(state.count - state.last[safe], table.dtype)
+        target = jnp.where(rows >= 0, rows, table.shape[0])  # padding writes nowhere
+        table = table.at[target].set(caught_up, mode="drop")
+        return table, state._replace(last=state.last.at[target].set(state.count, mode="drop"))
+
+    def materialize(self, table: jax.Array, state: RowSparseState) -> tuple[jax.Array, RowSparseState]:
+        """Every row brought up to the current step (a no-op without lazy decay): what the dense update holds."""
+        if not self.lazy_decay:
+            return table, state
+        table = table * self._decay(state.count - state.last, table.dtype)
+        return table, state._replace(last=jnp.full_like(state.last, state.count))
 
     def update(self, table: jax.Array, state: RowSparseState, rows_U, grad_UxW: jax.Array):
         """Return the updated ``(table, state)``.
@@ -83,8 +125,8 @@ class RowSparse:
         """
         count = state.count + 1
         if not isinstance(rows_U, CompactRows):
-            table, acc = self._apply(table, state.sum, count, rows_U, grad_UxW)
-            return table, RowSparseState(count, acc)
+            table, acc, last = self._apply(table, state.sum, state.last, count, rows_U, grad_UxW)
+            return table, RowSparseState(count, acc, last)
         c = rows_U.capacity
 
         def chunk(i, carry):
@@ -93,17 +135,23 @@ class RowSparse:
             return self._apply(*carry, count, r_C, g_CxW)
 
         n_chunks = jnp.where(rows_U.fits, 1, rows_U.rows.shape[0] // c)
-        table, acc = jax.lax.fori_loop(0, n_chunks, chunk, (table, state.sum))
-        return table, RowSparseState(count, acc)
+        table, acc, last = jax.lax.fori_loop(0, n_chunks, chunk, (table, state.sum, state.last))
+        return table, RowSparseState(count, acc, last)
 
-    def _apply(self, table, acc, count, rows_U, grad_UxW):
+    def _apply(self, table, acc, last, count, rows_U, grad_UxW):
         s = self.spec
         if s.name == "sgd":
-            return table.at[rows_U].add(-s.lr * grad_UxW), None
+            if self.lazy_decay:
+                # Catch up first: (1 - lr wd)^(count - last) w, then the gradient step. A repeat (zero gradient)
+                # computes the same caught-up value from the same row, and a row already current decays by
+                # (1 - lr wd)^0 = 1, so repeats and later chunks change nothing: set, not add, is exact here.
+                caught_up = table[rows_U] * self._decay(count - last[rows_U], table.dtype)
+                table, last = table.at[rows_U].set(caught_up), last.at[rows_U].set(count)
+            return table.at[rows_U].add(-s.lr * grad_UxW), None, last
         clr = _decayed_lr(s.lr, s.lr_decay, count, table.dtype)
         acc = acc.at[rows_U].add(grad_UxW * grad_UxW)
         step = -clr * (grad_UxW / (jnp.sqrt(acc[rows_U]) + s.eps))
-        return table.at[rows_U].add(step.astype(table.dtype)), acc
+        return table.at[rows_U].add(step.astype(table.dtype)), acc, last
 
 
 def dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):

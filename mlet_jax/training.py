@@ -59,8 +59,9 @@ class TrainConfig:
             unless ``table_optimizer`` is given. Paper: SGD lr 0.2 for DLRM, Adagrad lr 0.02 for the rest.
         table_optimizer: optimizer for the embedding stage's tables (embedding and first-order tables).
         sparse_tables: update only the batch's rows of each table; ``None``: row-sparse, which is exact for SGD
-            without momentum and Adagrad without weight decay; other table optimizers need an explicit ``False``
-            (dense table updates, every row every step).
+            without momentum (its weight decay applied lazily, :mod:`mlet_jax.row_sparse`) and Adagrad without
+            weight decay; other table optimizers need an explicit ``False`` (dense table updates, every row every
+            step).
         loss_reduction: ``"mean"`` over the batch (DLRM reference) or ``"sum"`` (DeepCTR-Torch).
         grad_norm: also return the global gradient norm in every step's metrics (``"grad_norm"``). Off by
             default: it is one more pass over every gradient, 5-7% of a DCN or DeepFM step with MLET tables.
@@ -77,24 +78,25 @@ class TrainConfig:
         if self.loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {self.loss_reduction!r}")
         if self.sparse_tables and not self.tables.supports_row_sparse:
-            raise ValueError("sparse_tables=True needs a table optimizer without weight decay or momentum")
+            raise ValueError("sparse_tables=True needs a table optimizer without momentum, and without weight decay "
+                             "unless it is SGD")
         if self.sparse_tables is None and not self.tables.supports_row_sparse:
             # never switch to the slow path without a word: dense table updates touch every row every step
-            raise ValueError("the table optimizer has weight decay or momentum, which row-sparse table updates "
-                             "cannot apply exactly; dense table updates touch every row every step (326-478x "
-                             "slower per step on a 4.5M-row table): pass sparse_tables=False (--sparse-tables off) "
-                             "to accept that cost")
+            raise ValueError("the table optimizer has momentum or Adagrad weight decay, which row-sparse table "
+                             "updates cannot apply exactly (SGD's weight decay they can); dense table updates touch "
+                             "every row every step (326-478x slower per step on a 4.5M-row table): pass "
+                             "sparse_tables=False (--sparse-tables off) to accept that cost")
 
     @classmethod
     def paper(cls, model: str, embedding_l2: float = 0.0) -> TrainConfig:
         """The paper's optimizer and loss reduction for ``model`` (:mod:`mlet_jax.models.presets`).
 
-        ``embedding_l2 > 0`` reproduces DeepCTR-Torch's table L2 term as table weight decay, which row-sparse table
-        updates cannot apply exactly, so the tables are then updated densely.
+        ``embedding_l2 > 0`` reproduces DeepCTR-Torch's table L2 term as table weight decay: row-sparse with SGD
+        (lazy decay), dense with Adagrad (its decay has no row-sparse form).
         """
         tables = presets.paper_table_optimizer(model, embedding_l2)
         return cls(optimizer=presets.paper_optimizer(model), table_optimizer=tables,
-                   sparse_tables=False if tables is not None else None,
+                   sparse_tables=None if tables is None or tables.supports_row_sparse else False,
                    loss_reduction=presets.paper_loss_reduction(model))
 
     @property
@@ -237,7 +239,8 @@ class Trainer:
         p_sh = self.param_shardings(state.params)
         if self.config.sparse:
             opt_sh = jax.tree_util.tree_map(lambda _: rep, state.opt_state)
-            table_sh = {k: row_sparse.RowSparseState(rep, None if st.sum is None else rows)
+            table_sh = {k: row_sparse.RowSparseState(rep, None if st.sum is None else rows,
+                                                     None if st.last is None else rows)
                         for k, st in state.table_opt_state.items()}
         else:  # the dense optimizer mirrors the parameters: its statistics with the tables' rows follow the tables
             n_rows = self.stage.n_rows
@@ -272,6 +275,14 @@ class Trainer:
         rng, step_rng = jax.random.split(state.rng)
         table_opt, dedup = state.table_opt_state, state.dedup
         if self.config.sparse:
+            rs = RowSparse(self.config.tables)
+            if rs.lazy_decay:  # the rows this batch reads, decayed up to now first (row_sparse's lazy SGD decay)
+                rows_BxS = self.stage.row_ids(jnp.asarray(batch["ids"]))
+                tables, rest = row_sparse.split_tables(state.params, self.table_paths)
+                flat, table_opt = dict(rest), dict(table_opt)
+                for p, t in tables.items():
+                    flat[p], table_opt[_name(p)] = rs.catch_up(t, table_opt[_name(p)], rows_BxS)
+                state = state.replace(params=traverse_util.unflatten_dict(flat), table_opt_state=table_opt)
             loss, g = row_sparse.value_and_grad(
                 self.model, lambda lg: bce_with_logits(lg, batch["label"], self.config.loss_reduction),
                 state.params, batch, state.dedup, rngs={"dropout": step_rng}, train=True)
@@ -280,7 +291,7 @@ class Trainer:
             updates, opt_state = self._dense_tx().update(traverse_util.unflatten_dict(g.rest), state.opt_state,
                                                          rest_tree)
             flat = traverse_util.flatten_dict(optax.apply_updates(rest_tree, updates))
-            rs, table_opt = RowSparse(self.config.tables), dict(table_opt)
+            table_opt = dict(table_opt)
             for p, t in tables.items():
                 flat[p], table_opt[_name(p)] = rs.update(t, table_opt[_name(p)], g.rows_U, g.rows[p])
             params, dedup = traverse_util.unflatten_dict(flat), g.scratch_N
@@ -334,6 +345,22 @@ class Trainer:
         """AUC, LogLoss and PR-AUC on a split."""
         return metrics_lib.binary_metrics(np.asarray(split.label), self.predict(params, split, batch_size))
 
+    @property
+    def lazy_decay(self) -> bool:
+        """Whether table rows decay lazily (row-sparse SGD with weight decay): ``state.params`` is then current only
+        after :meth:`sync`."""
+        return self.config.sparse and RowSparse(self.config.tables).lazy_decay
+
+    def sync(self, state: TrainState) -> TrainState:
+        """``state`` with every table row brought up to its step (the input is donated when there is work).
+
+        Row-sparse SGD with weight decay decays a row only when a batch touches it (exact, closed form,
+        :mod:`mlet_jax.row_sparse`); before reading ``state.params`` (evaluation, export, collapse) call this.
+        ``fit`` does it before every evaluation and checkpoint and at the end. Without lazy decay it returns
+        ``state`` unchanged.
+        """
+        return _sync(self, state) if self.lazy_decay else state
+
 
 def _example(batch: dict):
     # parameter shapes never depend on the batch size: initialize from one row
@@ -377,6 +404,15 @@ def _state_from_params(trainer: Trainer, params, rng) -> TrainState:
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def _train_step(trainer: Trainer, state: TrainState, batch: dict):
     return trainer._step(state, batch)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _sync(trainer: Trainer, state: TrainState) -> TrainState:
+    tables, rest = row_sparse.split_tables(state.params, trainer.table_paths)
+    rs, flat, table_opt = RowSparse(trainer.config.tables), dict(rest), dict(state.table_opt_state)
+    for p, t in tables.items():
+        flat[p], table_opt[_name(p)] = rs.materialize(t, table_opt[_name(p)])
+    return trainer._constrain(state.replace(params=traverse_util.unflatten_dict(flat), table_opt_state=table_opt))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -656,7 +692,8 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
             mean_loss = v if mean_loss is None else HEALTHY_LOSS_DECAY * mean_loss + (1 - HEALTHY_LOSS_DECAY) * v
 
     def evaluate(step):
-        nonlocal best_auc, best_state, bad_evals
+        nonlocal best_auc, best_state, bad_evals, state
+        state = trainer.sync(state)  # lazily decayed table rows brought up to date (a no-op otherwise)
         m = trainer.evaluate(state.params, valid)
         hist.evals.append({"step": step, **m})
         record({"event": "eval", **hist.evals[-1]})
@@ -756,6 +793,7 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
             prev_loss = (m["loss"], step)
             for cb in callbacks:
                 if hasattr(cb, "due") and cb.due(step):  # a measuring callback: kept off the throughput clock
+                    state = trainer.sync(state)
                     jax.block_until_ready(state)
                     hist.train_seconds += time.perf_counter() - t0
                     out = cb(step, state)
@@ -796,6 +834,7 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
         judge(*prev_loss)  # the last step: it may take back the checkpoint of the step before it
     if ckpt is not None and m is not None and last_good[-1:] != [step]:
         save(step, epoch, i, m)
+    state = trainer.sync(state)
     jax.block_until_ready(state.params)
     hist.train_seconds += time.perf_counter() - t0
     hist.train_samples = max(step - start_step - 1, 0) * batch_size

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mlet_jax.data.base import Split
 from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.models.dlrm import DLRM
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.row_sparse import RowSparse
-from mlet_jax.training import TrainConfig, Trainer
+from mlet_jax.training import TrainConfig, Trainer, fit
 
 VOCAB = (3, 7, 50, 200)
 
@@ -93,14 +94,73 @@ def test_row_sparse_adagrad_accumulates_only_touched_rows():
 
 
 def test_row_sparse_rejects_inexact_optimizers():
-    with pytest.raises(ValueError, match="weight decay or momentum"):
+    with pytest.raises(ValueError, match="without momentum"):
         RowSparse(OptimizerSpec("sgd", lr=0.1, momentum=0.9))
+    with pytest.raises(ValueError, match="without momentum, and without weight decay except SGD's"):
+        RowSparse(OptimizerSpec("adagrad", lr=0.1, weight_decay=1e-4))
     with pytest.raises(ValueError, match="sparse_tables=True"):
         TrainConfig(optimizer=OptimizerSpec("adagrad", weight_decay=1e-4), sparse_tables=True)
     # no silent switch to dense tables: weight decay on tables must ask for them, and then gets them
     with pytest.raises(ValueError, match="sparse_tables=False"):
         TrainConfig(optimizer=OptimizerSpec("adagrad", weight_decay=1e-4))
     assert not TrainConfig(optimizer=OptimizerSpec("adagrad", weight_decay=1e-4), sparse_tables=False).sparse
+
+
+def test_lazy_sgd_weight_decay_closed_form():
+    """Untouched rows decay by (1 - lr wd)^k only when next touched, or at materialize: numpy float64 loop of
+    torch's dense rule w <- w - lr (g + wd w) over every row."""
+    lr, wd = 0.1, 0.5
+    rs = RowSparse(OptimizerSpec("sgd", lr=lr, weight_decay=wd))
+    table = jnp.asarray(np.arange(12, dtype=np.float32).reshape(6, 2) + 1)
+    state = rs.init(table)
+    steps = [([1, 1, 0], [[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]),  # row 1 twice (a zero-gradient repeat), pad row 0
+             ([3, 5, 0], [[0.5, -1.0], [2.0, 2.0], [0.0, 0.0]]),
+             ([1, 1, 1], [[-1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])]
+    want = np.asarray(table, np.float64)
+    for rows, g in steps:
+        grad = np.zeros_like(want)
+        np.add.at(grad, rows, np.asarray(g))
+        want = want - lr * (grad + wd * want)
+        table, state = rs.update(table, state, jnp.asarray(rows, jnp.int32), jnp.asarray(g, jnp.float32))
+    assert np.asarray(state.last).tolist() == [2, 3, 0, 2, 0, 2]  # row 0: padding at steps 1 and 2
+    np.testing.assert_allclose(np.asarray(table)[1], want[1], rtol=1e-6)  # current: touched at step 3
+    assert not np.allclose(np.asarray(table)[2], want[2])  # row 2 never touched: not decayed yet
+    table, state = rs.materialize(table, state)
+    np.testing.assert_allclose(np.asarray(table), want, rtol=1e-6)
+    assert np.asarray(state.last).tolist() == [3] * 6
+
+
+@pytest.mark.parametrize("kind, bags", [("single", False), pytest.param("mlet", True, marks=pytest.mark.slow)])
+def test_lazy_sgd_weight_decay_equals_dense_20_steps(kind, bags):
+    slots = (1, 3, 2, 1) if bags else None
+    data = _batches(20, slots=slots)
+    model = _model(kind, slots)
+    opt = OptimizerSpec("sgd", lr=0.2, weight_decay=0.05)
+    assert TrainConfig(optimizer=opt).sparse  # row-sparse by default now: exact
+    dense = _train(model, TrainConfig(optimizer=opt, sparse_tables=False), data)
+    trainer = Trainer(model, TrainConfig(optimizer=opt))
+    state = trainer.init(0, data[0])
+    for b in data:
+        state, _ = trainer.train_step(state, b)
+    stale = np.asarray(state.params["embeddings"]["table"])
+    sparse = jax.tree_util.tree_map(np.asarray, trainer.sync(state).params)
+    for (path, d), s in zip(jax.tree_util.tree_leaves_with_path(dense), jax.tree_util.tree_leaves(sparse),
+                            strict=True):
+        np.testing.assert_allclose(s, d, atol=1e-6, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+    assert np.abs(stale - dense["embeddings"]["table"]).max() > 1e-4  # untouched rows were behind before sync
+
+
+def test_fit_returns_lazily_decayed_tables_up_to_date():
+    data = _batches(6)
+    split = Split(dense=np.concatenate([b["dense"] for b in data]), ids=np.concatenate([b["ids"] for b in data]),
+                  label=np.concatenate([b["label"] for b in data]))
+    model, opt = _model("single"), OptimizerSpec("sgd", lr=0.2, weight_decay=0.05)
+    got, hist = fit(Trainer(model, TrainConfig(optimizer=opt)), split, batch_size=32, epochs=1, seed=0,
+                    valid=split, eval_every=3, progress=False)
+    want, hist_dense = fit(Trainer(model, TrainConfig(optimizer=opt, sparse_tables=False)), split, batch_size=32,
+                           epochs=1, seed=0, valid=split, eval_every=3, progress=False)
+    np.testing.assert_allclose(got.params["embeddings"]["table"], want.params["embeddings"]["table"], atol=1e-6)
+    assert [e["auc"] for e in hist.evals] == pytest.approx([e["auc"] for e in hist_dense.evals], abs=1e-6)
 
 
 def test_sort_based_dedup_equals_dense(monkeypatch):

@@ -173,7 +173,7 @@ def test_cli_writes_json_with_required_fields(tmp_path, capsys):
                                       (["--k", "64"], "no meaning with --embedding single"),
                                       (["--model-option", "dnn=[256,"], "not valid JSON"),
                                       (["--sparse-tables", "maybe"], "expected auto, on or off"),
-                                      (["--weight-decay", "1e-4"], "--sparse-tables off")])
+                                      (["--model", "deepfm", "--weight-decay", "1e-4"], "--sparse-tables off")])
 def test_cli_bad_arguments(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         train_cli.main(argv)
