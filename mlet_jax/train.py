@@ -39,6 +39,7 @@ from mlet_jax.metrics import binary_metrics
 from mlet_jax.models import MODELS, build_model, collapse_model
 from mlet_jax.models.presets import paper_embedding, paper_loss_reduction, paper_optimizer
 from mlet_jax.optim import OptimizerSpec
+from mlet_jax.runlog import RunLog, check_target
 from mlet_jax.training import TrainConfig, Trainer, fit
 
 # The "format" tag of the JSON record --out holds: mlet_jax.io lets a later run replace only files carrying it.
@@ -200,8 +201,6 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
     if log is not None:
         rec["run_log"] = log
         if jax.process_index() == 0:
-            from mlet_jax.runlog import RunLog
-
             with RunLog(log) as rl:
                 rl.write({"event": "test", "step": int(state.step), **test})
     if keep_state:
@@ -344,8 +343,6 @@ def main(argv: list[str] | None = None) -> dict:
             _check_out(args.out)
         log = args.log or (_default_log(args.out) if args.out else None)
         if log is not None:
-            from mlet_jax.runlog import check_target
-
             check_target(log, "--log")
         if args.spectra_every is not None and args.spectra_every < 1:
             raise ValueError(f"--spectra-every must be >= 1, got {args.spectra_every}")

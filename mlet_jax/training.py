@@ -48,6 +48,8 @@ from mlet_jax.data.base import Split, batches, epoch_order
 from mlet_jax.models import presets
 from mlet_jax.optim import OptimizerSpec, partitioned
 from mlet_jax.row_sparse import RowSparse
+from mlet_jax.runlog import RunLog, check_target, start_record
+from mlet_jax.spectra import SpectraCallback
 
 
 @dataclasses.dataclass(frozen=True)
@@ -600,11 +602,7 @@ def fit(
             raise ValueError(f"batch_size {batch_size} does not split over the mesh's data axis "
                              f"({trainer.mesh.shape[distributed.DATA]} devices)")
     if spectra_every is not None:
-        from mlet_jax.spectra import SpectraCallback
-
         callbacks = (*callbacks, SpectraCallback(trainer.model.vocab_sizes, spectra_every))
-    from mlet_jax.runlog import RunLog, check_target
-
     writes_log = run_log is not None and jax.process_index() == 0
     if writes_log and not isinstance(run_log, RunLog):
         check_target(run_log)  # refused before any work; opened once the state is ready
@@ -761,8 +759,6 @@ def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_ev
         if ckpt is not None:
             confirm(step, v)
         observe(v)
-
-    from mlet_jax.runlog import start_record
 
     record(start_record(step=start_step, resumed=done_before > 0, meta=log_meta, batch_size=batch_size,
                         epochs=epochs, seed=seed, steps_per_epoch=steps_per_epoch))
