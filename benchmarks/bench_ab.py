@@ -23,8 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import REPO, machine
-from mlet_jax.io import atomic_write_text
+from benchmarks.common import REPO, machine, write_jsonl
 from mlet_jax.models import MODELS
 
 
@@ -77,7 +76,7 @@ def main(argv=None) -> list[dict]:
             for folder in (old_dir, new_dir):
                 subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=REPO, capture_output=True)
     if args.out:
-        atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(args.out, rows)
     return rows
 
 

@@ -26,10 +26,9 @@ import statistics
 import jax
 import numpy as np
 
-from benchmarks.common import machine, round_robin, timed
+from benchmarks.common import machine, round_robin, timed, write_jsonl
 from mlet_jax.data.base import batches
 from mlet_jax.data.synthetic import make_synthetic
-from mlet_jax.io import atomic_write_text
 from mlet_jax.models import MODELS, build_model
 from mlet_jax.models.presets import paper_embedding, paper_optimizer
 from mlet_jax.training import TrainConfig, Trainer
@@ -73,7 +72,7 @@ def run(models, *, dim: int = 16, inner_dim: int = 64, batch: int = 1024, steps:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if out:
-        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(out, rows)
     return rows
 
 

@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import describe, machine, round_robin, timed
+from benchmarks.common import describe, machine, round_robin, timed, write_jsonl
 from mlet_jax.embeddings import EmbeddingSpec, field_offsets
-from mlet_jax.io import atomic_write_text
 from mlet_jax.models.dlrm import DLRM
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer
@@ -131,7 +130,7 @@ def run(sizes, *, batch: int, steps: int, dense_max: int, optimizer: str, kind: 
             gc.collect()
         del params
     if out:
-        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(out, rows)
     return rows
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -95,6 +96,13 @@ def commit(folder: Path = REPO) -> str | None:
         return None
     dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    """``rows`` as JSON lines at ``path``, written atomically (never half a file)."""
+    from mlet_jax.io import atomic_write_text  # here, so the torch side of parity_deepctr can import this module
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def add_external_path(p: argparse.ArgumentParser, option: str, env: str, help: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mlet_jax.data.registry import load_dataset
+from mlet_jax.io import atomic_write_text
 from mlet_jax.train import RunConfig
 from mlet_jax.train import _kv as key_value  # the train CLI's KEY=VALUE parser (JSON values), so both read alike
 
@@ -96,6 +97,12 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; 0.0 for one value) in float64: the spread over seeds."""
     v = np.asarray(list(values), np.float64)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def write_results(out: str, name: str, table: str, result) -> None:
+    """An experiment's ``OUT/<name>.md`` (its markdown ``table``) and ``OUT/<name>.json`` (``result``)."""
+    atomic_write_text(os.path.join(out, f"{name}.md"), table + "\n")
+    atomic_write_text(os.path.join(out, f"{name}.json"), json.dumps(result, indent=1))
 
 
 def quick_plan() -> Plan:

@@ -20,16 +20,14 @@ quality per byte.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import numpy as np
 
-from experiments.common import base_config, load, parse_plan_cli, pyplot, save_figure
+from experiments.common import base_config, load, parse_plan_cli, pyplot, save_figure, write_results
 from experiments.store import plan_ensure
 from mlet_jax.compression import hash_dataset, relative_table_size
-from mlet_jax.io import atomic_write_text
 
 HASH_TAG = "|hash{factor:g}:two-largest"
 
@@ -161,8 +159,7 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     for p in sorted(pts, key=lambda p: (p["model"], p["embedding"], p["hashed"], p["precision"], p["d"])):
         lines.append(f"| {p['model']} | {p['embedding']} | {'yes' if p['hashed'] else 'no'} | {p['precision']} "
                      f"| {p['d']} | {p['relative_size']:.3g} | {p['test_auc']:.4f} | {p['test_logloss']:.4f} |")
-    atomic_write_text(os.path.join(out, "compression.md"), "\n".join(lines) + "\n")
-    atomic_write_text(os.path.join(out, "compression.json"), json.dumps({"table4": t4, "sizes": pts}, indent=1))
+    write_results(out, "compression", "\n".join(lines), {"table4": t4, "sizes": pts})
     for m in plan.hash_models:
         if any(p["model"] == m for p in pts):
             plot(pts, m, os.path.join(out, f"fig_compression_{m}.png"))

@@ -16,15 +16,12 @@ the standard error is ``std(differences, ddof=1) / sqrt(seeds)``.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import numpy as np
 
-from experiments.common import base_config, mean_std, parse_plan_cli
+from experiments.common import base_config, mean_std, parse_plan_cli, write_results
 from experiments.store import plan_ensure
-from mlet_jax.io import atomic_write_text
 
 
 def configs(plan):
@@ -93,8 +90,7 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[
     """Writes ``controls.md`` and ``controls.json``."""
     rows = plan_ensure(plan, out, configs(plan), shard=shard, train=train, log=log)
     res = analyze(rows, plan)
-    atomic_write_text(os.path.join(out, "controls.md"), markdown(res) + "\n")
-    atomic_write_text(os.path.join(out, "controls.json"), json.dumps(res, indent=1))
+    write_results(out, "controls", markdown(res), res)
     return res
 
 

@@ -13,16 +13,13 @@ largest fields), so the table costs no extra training.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import numpy as np
 
 from experiments import sweep
-from experiments.common import parse_plan_cli
+from experiments.common import parse_plan_cli, write_results
 from experiments.store import is_plain
-from mlet_jax.io import atomic_write_text
 
 
 def table(rows: list[dict], how: str = "mean_log") -> list[dict]:
@@ -67,8 +64,7 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     schema_defs = sorted({h for r in rows for h in r.get("freq", {})}, key=lambda h: (h != "mean_log", h))
     res = {how: table(rows, how) for how in schema_defs}
     text = "\n\n".join(markdown(v, h) for h, v in res.items())
-    atomic_write_text(os.path.join(out, "frequency.md"), text + "\n")
-    atomic_write_text(os.path.join(out, "frequency.json"), json.dumps(res, indent=1))
+    write_results(out, "frequency", text, res)
     return res
 
 

@@ -12,15 +12,12 @@ no allowance for noise, so read it with the std columns of ``sweep.md``.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import numpy as np
 
 from experiments import sweep
-from experiments.common import parse_plan_cli
-from mlet_jax.io import atomic_write_text
+from experiments.common import parse_plan_cli, write_results
 
 
 def savings(summary: list[dict], metric: str = "test_auc") -> list[dict]:
@@ -75,8 +72,7 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:
     summary = sweep.summarize(sweep.run(plan, out, shard=shard, train=train, log=log, write=False))
     entries = savings(summary)
     head = headline(entries)
-    atomic_write_text(os.path.join(out, "savings.md"), markdown(entries, head) + "\n")
-    atomic_write_text(os.path.join(out, "savings.json"), json.dumps({"entries": entries, "headline": head}, indent=1))
+    write_results(out, "savings", markdown(entries, head), {"entries": entries, "headline": head})
     return {"entries": entries, "headline": head}
 
 

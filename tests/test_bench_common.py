@@ -88,3 +88,12 @@ def test_experiments_never_import_benchmarks():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
     assert not bad
+
+
+def test_write_jsonl_reads_back(tmp_path):
+    import json
+
+    rows = [{"model": "dcn", "ms": 1.5}, {"model": "wdl", "ms": 0.25, "machine": {"cpus": 2}}]
+    common.write_jsonl(str(tmp_path / "sub" / "rows.jsonl"), rows)
+    text = (tmp_path / "sub" / "rows.jsonl").read_text()
+    assert text.endswith("\n") and [json.loads(x) for x in text.splitlines()] == rows
