@@ -164,6 +164,28 @@ def test_cli_writes_the_log_next_to_out(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_resumed_run_appends_and_its_curve_is_the_uninterrupted_one(ds, tmp_path):
+    kw = dict(batch_size=100, seed=0, progress=False, log_every=2)
+    _, full = fit(_trainer(ds), ds.train, **kw)  # the uninterrupted run: its losses are the reference
+
+    def crash(step, state):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    path, ckpt = tmp_path / "run.log.jsonl", tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt), pytest.warns(match="training starts fresh"):
+        fit(_trainer(ds), ds.train, **kw, checkpoint_dir=ckpt, checkpoint_every=5, run_log=path, callbacks=[crash])
+    fit(_trainer(ds), ds.train, **kw, checkpoint_dir=ckpt, checkpoint_every=5, run_log=path)  # resumes at step 5
+    recs = runlog.read_records(path)
+    first, second = runlog.runs(recs)
+    assert first[0]["step"] == 0 and first[-1]["event"] == "error" and first[-1]["error"] == "KeyboardInterrupt"
+    assert second[0]["step"] == 5 and second[0]["resumed"] and second[-1]["event"] == "end"
+    c = runlog.curves(recs)
+    assert [r["step"] for r in c["train"]] == full.steps  # 2, 4, ..., 14: each step once, the resumed part wins
+    np.testing.assert_allclose([r["loss"] for r in c["train"]], full.losses, rtol=1e-6)
+
+
+@pytest.mark.slow
 def test_kill_9_leaves_a_readable_log(tmp_path):
     path = tmp_path / "killed.jsonl"
     script = textwrap.dedent(f"""
