@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
             _check_out(args.out)
         log = args.log or (_default_log(args.out) if args.out else None)
         if log is not None:
+            if args.out and os.path.abspath(log) == os.path.abspath(args.out):
+                raise ValueError(f"--log and --out name the same file {log!r}; give the log another name")
             check_target(log, "--log")
         if args.spectra_every is not None and args.spectra_every < 1:
             raise ValueError(f"--spectra-every must be >= 1, got {args.spectra_every}")

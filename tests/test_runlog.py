@@ -156,7 +156,8 @@ def test_cli_writes_the_log_next_to_out(tmp_path, capsys):
     foreign.write_text("keep me")
     for bad, msg in ((["--log", str(foreign)], "not a run log written by mlet_jax"),
                      (["--spectra-every", "0"], "--spectra-every must be >= 1"),
-                     (["--log", str(tmp_path / "no" / "l.jsonl")], "does not exist")):
+                     (["--log", str(tmp_path / "no" / "l.jsonl")], "does not exist"),
+                     (["--out", str(out), "--log", str(out)], "--log and --out name the same file")):
         with pytest.raises(SystemExit) as e:
             train_cli.main(["--no-progress", *bad])
         assert e.value.code == 2 and msg in capsys.readouterr().err
