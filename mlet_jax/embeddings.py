@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
+from mlet_jax import oov as oov_lib
+
 KINDS = ("single", "mlet")
 INITS = ("uniform", "normal", "xavier")
 
@@ -51,6 +53,9 @@ class EmbeddingSpec:
             (U(+-1/sqrt(k))) or ``"xavier"``.
         projection_std: the projection's init std; the paper uses 0.25 for DLRM and 0.5 for the other models.
             Under Adagrad it acts like an embedding learning-rate multiplier, so treat it as a first-class setting.
+        oov: what an id outside its field's vocabulary does (:mod:`mlet_jax.oov`): ``"error"`` (refused on the
+            host, clipped into its own field inside jit; the tables are unchanged) or ``"row"`` (one extra row per
+            field, its last, that every out-of-range id maps to).
     """
 
     kind: str = "single"
@@ -60,8 +65,10 @@ class EmbeddingSpec:
     table_std: float = 1e-4
     projection_init: str = "normal"
     projection_std: float = 0.25
+    oov: str = "error"
 
     def __post_init__(self):
+        oov_lib.check_policy(self.oov)
         if self.kind not in KINDS:
             raise ValueError(f"embedding kind must be one of {KINDS}, got {self.kind!r}")
         if self.dim < 1:
@@ -241,14 +248,20 @@ class Embeddings(nn.Module):
         return tuple(self.slots) if self.slots is not None else (1,) * len(self.vocab_sizes)
 
     @property
+    def table_sizes(self) -> tuple[int, ...]:
+        """Rows of each field in the table: its vocabulary (plus its OOV row under ``spec.oov == "row"``)."""
+        return oov_lib.table_sizes(self.vocab_sizes, self.spec.oov)
+
+    @property
     def n_rows(self) -> int:
         """Rows of the stored table (padding included)."""
-        return padded_rows(sum(self.vocab_sizes), self.row_multiple)
+        return padded_rows(sum(self.table_sizes), self.row_multiple)
 
     def row_ids(self, ids_BxS: jax.Array) -> jax.Array:
-        """Fused table rows of local per-field ids (padding -1 stays -1)."""
-        off_S = jnp.asarray(np.repeat(field_offsets(self.vocab_sizes), self._slots()), jnp.int32)
-        return jnp.where(ids_BxS >= 0, ids_BxS + off_S[None, :], -1)
+        """Fused table rows of local per-field ids (bag padding -1 stays -1), under the spec's OOV policy: an id
+        outside its field is clipped into it (``"error"``) or sent to the field's OOV row (``"row"``), never
+        another field's row (:func:`mlet_jax.oov.device_rows`)."""
+        return oov_lib.device_rows(ids_BxS, self.vocab_sizes, self._slots(), self.spec.oov)
 
     def _projection(self) -> jax.Array:
         spec = self.spec
@@ -259,7 +272,7 @@ class Embeddings(nn.Module):
     def __call__(self, ids_BxS: jax.Array) -> jax.Array:
         """Look up, pool bags, and (for MLET) project: ``[B, F, d]`` embeddings of local per-field ids."""
         spec, slots = self.spec, self._slots()
-        table = self.param("table", table_init(spec.table_init, self.vocab_sizes, spec.table_std),
+        table = self.param("table", table_init(spec.table_init, self.table_sizes, spec.table_std),
                            (self.n_rows, spec.width), self.param_dtype)
         rows_BxS = self.row_ids(ids_BxS)
         if spec.kind == "mlet" and all(s == 1 for s in slots):
@@ -324,9 +337,10 @@ class FirstOrder(nn.Module):
     std: float = 1e-4
     param_dtype: Any = jnp.float32
     row_multiple: int = 1
+    oov: str = "error"
 
     def table_module(self, **kw) -> Embeddings:
-        spec = EmbeddingSpec(kind="single", dim=1, table_init=self.table_init, table_std=self.std)
+        spec = EmbeddingSpec(kind="single", dim=1, table_init=self.table_init, table_std=self.std, oov=self.oov)
         return Embeddings(self.vocab_sizes, spec, self.slots, self.pooling, self.param_dtype, self.row_multiple,
                           name="embeddings", **kw)
 
@@ -390,7 +404,8 @@ class EmbeddingStage(nn.Module):
 
     def linear(self, **kw) -> FirstOrder:
         return FirstOrder(self.vocab_sizes, self.num_dense, self.slots, self.pooling, self.first_order_init,
-                          self.first_order_std, self.param_dtype, self.row_multiple, name="linear", **kw)
+                          self.first_order_std, self.param_dtype, self.row_multiple, name="linear",
+                          oov=self.spec.oov, **kw)
 
     @property
     def table_paths(self) -> tuple[tuple[str, ...], ...]:
@@ -398,13 +413,22 @@ class EmbeddingStage(nn.Module):
         return (("embeddings", "table"),) + ((("linear", "embeddings", "table"),) if self.first_order else ())
 
     @property
+    def table_sizes(self) -> tuple[int, ...]:
+        """Rows of each field in every table (the vocabulary, plus the OOV row under ``spec.oov == "row"``)."""
+        return oov_lib.table_sizes(self.vocab_sizes, self.spec.oov)
+
+    @property
     def n_rows(self) -> int:
         """Rows of every table (padding included)."""
-        return padded_rows(sum(self.vocab_sizes), self.row_multiple)
+        return padded_rows(sum(self.table_sizes), self.row_multiple)
 
     def row_ids(self, ids_BxS: jax.Array) -> jax.Array:
-        """Fused table rows of local per-field ids (padding -1 stays -1)."""
+        """Fused table rows of local per-field ids (padding -1 stays -1; see :meth:`Embeddings.row_ids`)."""
         return self.embeddings(parent=None).row_ids(ids_BxS)
+
+    def check_ids(self, ids_BxS, field_names=None, what: str = "ids") -> np.ndarray:
+        """A host batch's ids checked under the OOV policy and made int32 (:func:`mlet_jax.oov.check_ids`)."""
+        return oov_lib.check_ids(ids_BxS, self.vocab_sizes, self.slots, self.spec.oov, field_names, what)
 
     @nn.compact
     def __call__(self, dense_BxM: jax.Array, ids_BxS: jax.Array) -> Features:
@@ -461,7 +485,7 @@ def count_params(params) -> int:
 
 def embedding_param_count(vocab_sizes: Sequence[int], spec: EmbeddingSpec) -> int:
     """Scalars in the embedding tables (training-time parameterization)."""
-    n = int(sum(vocab_sizes))
+    n = int(sum(oov_lib.table_sizes(vocab_sizes, spec.oov)))
     if spec.kind == "single":
         return n * spec.dim
     return n * spec.inner_dim + len(vocab_sizes) * spec.inner_dim * spec.dim

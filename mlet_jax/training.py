@@ -257,9 +257,21 @@ class Trainer:
             return state
         return jax.lax.with_sharding_constraint(state, self.state_shardings(state))
 
+    def check_batch(self, batch: dict) -> dict:
+        """A host (numpy) batch with its ids checked under the tables' OOV policy and made int32
+        (:meth:`mlet_jax.embeddings.EmbeddingStage.check_ids`: under ``"error"`` an id outside its field's vocabulary
+        is a ValueError naming the field); device arrays pass as they are (inside jit the policy clips or maps them).
+        """
+        ids = batch.get("ids")
+        if ids is None or isinstance(ids, jax.Array):
+            return batch
+        return {**batch, "ids": self.stage.check_ids(ids)}
+
     def place_batch(self, batch: dict) -> dict:
         """Put a batch on the device(s): split over the data axis on a mesh (with several processes ``batch`` is
-        this process's slice, :func:`mlet_jax.distributed.process_rows`)."""
+        this process's slice, :func:`mlet_jax.distributed.process_rows`); host ids are checked first
+        (:meth:`check_batch`)."""
+        batch = self.check_batch(batch)
         if self.mesh is None:
             return jax.device_put(batch)
         return distributed.shard_batch(batch, self.mesh)
@@ -310,15 +322,19 @@ class Trainer:
 
     @functools.cached_property
     def train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-        """Jitted ``(state, batch) -> (state, metrics)``; the input state is donated (``.lower`` works too)."""
-        step = functools.partial(_train_step, self)
+        """Jitted ``(state, batch) -> (state, metrics)``; the input state is donated (``.lower`` works too). A numpy
+        batch's ids are checked first (:meth:`check_batch`)."""
+
+        def step(state, batch):
+            return _train_step(self, state, self.check_batch(batch))
+
         step.lower = functools.partial(_train_step.lower, self)
         return step
 
     @functools.cached_property
     def eval_step(self) -> Callable[[dict, dict], jax.Array]:
-        """Jitted ``(params, batch) -> logits`` (replicated on a mesh)."""
-        return functools.partial(_eval_step, self)
+        """Jitted ``(params, batch) -> logits`` (replicated on a mesh); numpy ids are checked first."""
+        return lambda params, batch: _eval_step(self, params, self.check_batch(batch))
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def predict(self, params, split: Split, batch_size: int = 8192) -> np.ndarray:
