@@ -28,7 +28,7 @@ import time
 import numpy as np
 import polars as pl
 
-from benchmarks.common import machine
+from benchmarks.common import machine, timed
 from mlet_jax.data import batches
 from mlet_jax.data.registry import prepare
 
@@ -83,7 +83,7 @@ def pandas_pipeline(path: str, out: str) -> int:
     return n
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--workdir", default=None,
@@ -98,28 +98,24 @@ def main(argv=None) -> None:
         ap.error(f"argument --workdir: {wd} is not a folder")
     elif os.path.isdir(wd) and os.listdir(wd) and not os.path.exists(os.path.join(wd, MARKER)):
         ap.error(f"argument --workdir: {wd} is not empty and this script did not write it; give a new or empty one")
+    created = args.workdir != wd or not os.path.exists(wd)
     os.makedirs(args.workdir, exist_ok=True)
     open(os.path.join(args.workdir, MARKER), "w").close()
     path = os.path.join(args.workdir, "train.txt")
-    t = time.perf_counter()
+    gen_s = 0.0
     if not (os.path.exists(path) and args.keep):
-        generate(path, args.rows)
-    gen_s = time.perf_counter() - t
+        _, gen_s = timed(generate, path, args.rows)
     res = {"rows": args.rows, "file_mb": round(os.path.getsize(path) / 2**20, 1), "generate_s": round(gen_s, 1),
            "machine": machine() | {"polars": pl.__version__}}
     cache = os.path.join(args.workdir, "cache")
     shutil.rmtree(cache, ignore_errors=True)
-    t = time.perf_counter()
-    ds = prepare("criteo", path, cache, rebuild=True)
-    ours = time.perf_counter() - t
+    ds, ours = timed(prepare, "criteo", path, cache, rebuild=True)
     res |= {"mlet_s": round(ours, 2), "mlet_rows_per_s": round(args.rows / ours),
             "mlet_finalize_s": ds.meta["finalize_seconds"]}
     try:
         import pandas as pd
 
-        t = time.perf_counter()
-        n = pandas_pipeline(path, os.path.join(args.workdir, "pandas_out"))
-        pd_s = time.perf_counter() - t
+        n, pd_s = timed(pandas_pipeline, path, os.path.join(args.workdir, "pandas_out"))
         assert n == args.rows
         res |= {"pandas": pd.__version__, "pandas_s": round(pd_s, 2), "pandas_rows_per_s": round(args.rows / pd_s),
                 "speedup": round(pd_s / ours, 2)}
@@ -133,9 +129,17 @@ def main(argv=None) -> None:
         dt = time.perf_counter() - t
         res[f"batches_{'shuffled' if shuffle else 'sequential'}_samples_per_s"] = round(seen / dt)
     res["batch_size"] = args.batch_size
-    if not args.keep:
-        shutil.rmtree(args.workdir, ignore_errors=True)
+    if not args.keep:  # only what this script wrote; the folder too if it made it
+        for name in ("train.txt", "cache", "pandas_out", MARKER):
+            target = os.path.join(args.workdir, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+        if created:
+            os.rmdir(args.workdir)
     print(json.dumps(res))
+    return res
 
 
 if __name__ == "__main__":
