@@ -156,6 +156,19 @@ def save_figure(fig, path: str) -> None:
     plt.close(fig)
 
 
+def style_axes(ax, xlabel: str, ylabel: str, *, log_base: float = 10, title: str | None = None,
+               legend_size: float | None = 8) -> None:
+    """Every experiment figure's axes: a log x axis, the labels, a light grid and the legend."""
+    ax.set_xscale("log", base=log_base)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend_size:
+        ax.legend(fontsize=legend_size)
+
+
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="results folder (runs.jsonl, tables, figures)")
     p.add_argument("--quick", action="store_true", help="the small synthetic plan (minutes on a CPU)")

@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from experiments.common import base_config, load, parse_plan_cli, pyplot, save_figure, write_results
+from experiments.common import base_config, load, parse_plan_cli, pyplot, save_figure, style_axes, write_results
 from experiments.store import plan_ensure
 from mlet_jax.compression import hash_dataset, relative_table_size
 
@@ -128,12 +128,8 @@ def plot(points: list[dict], model: str, path: str) -> None:
                 color="black" if emb == "single" else "tab:red", linestyle="--" if h else "-",
                 marker="s" if prec == "int8" else "o", markerfacecolor="none" if prec == "int8" else None,
                 label=f"{emb}{' + hash' if h else ''}{' + INT8' if prec == 'int8' else ''}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("relative table size (float32, un-hashed, d=1 -> 1)")
-    ax.set_ylabel("test AUC")
-    ax.set_title(f"{model}: MLET with hashing and INT8")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    style_axes(ax, "relative table size (float32, un-hashed, d=1 -> 1)", "test AUC", log_base=2,
+               title=f"{model}: MLET with hashing and INT8", legend_size=7)
     save_figure(fig, path)
 
 

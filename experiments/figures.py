@@ -13,7 +13,7 @@ import os
 import sys
 
 from experiments import sweep
-from experiments.common import parse_plan_cli, pyplot, save_figure
+from experiments.common import parse_plan_cli, pyplot, save_figure, style_axes
 
 
 def plot_model(summary: list[dict], model: str, path: str, title: str = "") -> None:
@@ -30,11 +30,7 @@ def plot_model(summary: list[dict], model: str, path: str, title: str = "") -> N
                         yerr=[e[f"{metric}_std"] for e in pts], marker="o" if k is None else "s", capsize=3,
                         color="black" if k is None else None, linestyle="--" if k is None else "-",
                         label="single-layer" if k is None else f"MLET k={k}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("embedding dimension d")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        style_axes(ax, "embedding dimension d", label, log_base=2, legend_size=8 if ax is axes[0] else None)
     fig.suptitle(title or model)
     save_figure(fig, path)
 

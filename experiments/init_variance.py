@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from experiments.common import base_config, mean_std, parse_plan_cli, pyplot, save_figure
+from experiments.common import base_config, mean_std, parse_plan_cli, pyplot, save_figure, style_axes
 from experiments.store import plan_ensure
 from mlet_jax.io import atomic_write_text
 
@@ -73,12 +73,7 @@ def plot(t, ref, path, plan) -> None:
                     yerr=[e["test_auc_std"] for e in pts], marker="o", capsize=3, label=f"{m} MLET k={plan.init_k}")
         if m in ref:
             ax.axhline(ref[m], linestyle="--", color="gray", label=f"{m} single-layer")
-    ax.set_xscale("log")
-    ax.set_xlabel("projection init std")
-    ax.set_ylabel("test AUC")
-    ax.set_title(f"init std scan (d={plan.init_d})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    style_axes(ax, "projection init std", "test AUC", title=f"init std scan (d={plan.init_d})")
     save_figure(fig, path)
 
 
