@@ -54,8 +54,10 @@ def torch_side(args) -> None:
     model.out.register_forward_hook(lambda m, inp, out: seen.__setitem__("logit", inp[0] + m.bias))
     out = {f"w/{k}": v.detach().numpy().copy() for k, v in model.state_dict().items()}
     model.train()
-    loss = F.binary_cross_entropy(model(X).squeeze(), y, reduction="sum")
+    pred = model(X).squeeze()
+    loss = F.binary_cross_entropy(pred, y, reduction="sum")
     out["logits"] = seen["logit"].detach().numpy().reshape(-1).astype(np.float64)
+    out["probs"] = pred.detach().numpy().reshape(-1).copy()  # float32, as the loss saw them
     loss.backward()
     out.update({f"g/{k}": v.grad.detach().numpy().copy() for k, v in model.named_parameters() if v.grad is not None})
     out["loss"] = np.float64(loss.item())
@@ -111,13 +113,45 @@ def compare(args, model_name: str) -> dict:
                 for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_jax),
                                         jax.tree_util.tree_leaves(g_torch), strict=True)}
     lg = np.asarray(logits, np.float64)
+    # DeepCTR-Torch's loss is BCE on float32 sigmoid probabilities, log clamped at -100: a row whose sigmoid rounds
+    # to exactly 1 costs 100 (not its logit) and gets no gradient. Both effects, recomputed from our logits:
+    p32 = (1 / (1 + np.exp(-np.asarray(logits, np.float32)))).astype(np.float32)
+    y = batch["label"].astype(np.float32)
+    with np.errstate(divide="ignore"):
+        prob_bce = -(y * np.maximum(np.log(p32), -100) + (1 - y) * np.maximum(np.log1p(-p32), -100))
+    # torch's BCE backward is (p - y) / max(p (1 - p), 1e-12), times the sigmoid's p (1 - p): each row's true
+    # gradient (p - y) scaled by p(1-p) / max(p(1-p), 1e-12) in float32 (0 where p rounds to 1, < 1 below 1e-12)
+    pt = w["probs"].astype(np.float32)
+    pq = (pt * (np.float32(1) - pt)).astype(np.float32)
+    weight = (pq / np.maximum(pq, np.float32(1e-12))).astype(np.float32)
+    live = weight == 1
+    g_live = jax.grad(lambda p: _weighted_loss(trainer, p, batch, weight))(params)
+    grad_rel_live = max(float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-30))
+                        for a, b in zip(jax.tree_util.tree_leaves(g_live), jax.tree_util.tree_leaves(g_torch),
+                                        strict=True))
     rec = {"model": model_name, "kind": "mlet", "n": args.n, "d": args.dim, "k": args.k,
            "logits_rel": float(np.max(np.abs(lg - w["logits"])) / np.max(np.abs(w["logits"]))),
+           "max_abs_logit": float(np.max(np.abs(lg))), "saturated_rows": int((~live).sum()),
+           "saturated_rows_our_sigmoid": int((~((p32 < 1) & (p32 > 0))).sum()),
            "loss_torch": float(w["loss"]), "loss_mlet_jax": float(loss),
            "loss_rel": abs(float(loss) - float(w["loss"])) / abs(float(w["loss"])),
-           "grad_rel_max": max(grad_rel.values()), "grad_rel": grad_rel}
+           "loss_mlet_jax_prob_bce": float(prob_bce.sum(dtype=np.float64)),
+           "loss_prob_bce_rel": abs(float(prob_bce.sum(dtype=np.float64)) - float(w["loss"])) / abs(float(w["loss"])),
+           "grad_rel_max": max(grad_rel.values()), "grad_rel_max_torch_bce_weights": grad_rel_live,
+           "grad_rel": grad_rel}
     print(json.dumps(rec), flush=True)
     return rec
+
+
+def _weighted_loss(trainer, params, batch, weight_B):
+    """The summed BCE (with logits), row b weighted by the constant ``weight_B[b]``."""
+    import jax.numpy as jnp
+
+    import optax
+
+    logits = trainer.loss_and_logits(params, batch)[1]
+    per_row = optax.sigmoid_binary_cross_entropy(logits, jnp.asarray(batch["label"], logits.dtype))
+    return jnp.sum(jnp.asarray(weight_B, per_row.dtype) * per_row)
 
 
 def main(argv=None) -> list[dict]:
