@@ -1,4 +1,4 @@
-"""Train-state checkpoints (orbax) and the export of a collapsed inference model.
+"""Train-state checkpoints (orbax): save, exact resume, recovery from damaged or foreign checkpoints.
 
 Checkpoints: :class:`Checkpointer` saves the whole :class:`~mlet_jax.training.TrainState` (parameters, optimizer and
 row-sparse Adagrad state, step, RNG key) plus a small JSON record of where the data stream stands (epoch, batches
@@ -13,18 +13,12 @@ uses this to save every N steps and to resume exactly (see :func:`mlet_jax.train
 Restoring takes a *target*: a state (or ``jax.eval_shape`` of one) with the shapes, dtypes and, for sharded runs,
 the shardings to restore into; arrays are read straight into those shardings, so no host holds a whole sharded table.
 
-Export: :func:`export_inference` multiplies MLET factors out (:func:`mlet_jax.models.collapse_model`) and writes one
-``.npz`` a serving system can read without JAX or pickle: every parameter as a float array named by its path
-(``embeddings/table``, ``top_mlp/Dense_0/kernel``, ...) and ``__config__``, a JSON string with the model class, its
-settings, the per-field row offsets of the fused table and a format version. :func:`load_inference` rebuilds the
-Flax model and parameters from it.
+The export of a trained model for serving lives in :mod:`mlet_jax.serving` (this module needs no model code).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import os
 import sys
 import warnings
@@ -33,14 +27,8 @@ from typing import Any
 
 import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
-
-from mlet_jax.embeddings import EmbeddingSpec, field_offsets
-
-EXPORT_FORMAT = "mlet_jax.inference/1"
 
 
 def _to_saveable(state) -> dict:
@@ -242,80 +230,3 @@ def _check_fits(stored: dict, want: dict, what: str) -> None:
         more = f" (and {len(problems) - 1} more differences)" if len(problems) > 1 else ""
         raise CheckpointMismatchError(f"{what} does not fit this model: {problems[0]}{more}; resume with the model "
                                       "settings it was written with, or use a new checkpoint_dir")
-
-
-# -- inference export ----------------------------------------------------------------------------------------------
-
-
-def _jsonable(v):
-    if isinstance(v, EmbeddingSpec):
-        return {"__embedding_spec__": dataclasses.asdict(v)}
-    if isinstance(v, tuple | list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, str | int | float | bool) or v is None:
-        return v
-    try:
-        return {"__dtype__": np.dtype(v).name}
-    except TypeError as e:
-        raise TypeError(f"cannot export model setting {v!r} of type {type(v).__name__}") from e
-
-
-def _from_jsonable(v):
-    if isinstance(v, dict) and "__embedding_spec__" in v:
-        return EmbeddingSpec(**v["__embedding_spec__"])
-    if isinstance(v, dict) and "__dtype__" in v:
-        return jnp.dtype(v["__dtype__"])
-    if isinstance(v, list):
-        return tuple(_from_jsonable(x) for x in v)
-    return v
-
-
-def model_config(model) -> dict:
-    """A JSON-able description of a Flax model built by :func:`mlet_jax.models.build_model`."""
-    fields = {f.name: _jsonable(getattr(model, f.name)) for f in dataclasses.fields(model)
-              if f.name not in ("parent", "name")}
-    return {"format": EXPORT_FORMAT, "model": type(model).__name__, "settings": fields}
-
-
-def export_inference(path: str | os.PathLike, model, params) -> Path:
-    """Write the collapsed (single-layer) inference model to ``path`` (``.npz``) and return the path.
-
-    MLET tables are multiplied out first, so the file holds one ``[n_total, d]`` table per embedding, exactly what a
-    single-layer model of the same ``d`` serves. The write goes to a temporary name that is renamed when complete.
-    """
-    from mlet_jax.models import collapse_model
-
-    cmodel, cparams = collapse_model(model, params)
-    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(dict(cparams)).items()}
-    cfg = model_config(cmodel)
-    vocab = getattr(cmodel, "vocab_sizes", None)
-    if vocab is not None:
-        cfg["field_offsets"] = field_offsets(vocab).tolist()
-    cfg["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in flat.items()}
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"export path must end in .npz, got {path}")
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, __config__=np.array(json.dumps(cfg)), **flat)
-    os.replace(tmp, path)
-    return path
-
-
-def load_inference(path: str | os.PathLike):
-    """``(model, params, config)`` from a file written by :func:`export_inference`."""
-    from mlet_jax.models import MODELS
-
-    with np.load(path, allow_pickle=False) as z:
-        if "__config__" not in z:
-            raise ValueError(f"{path}: not an mlet_jax inference export (no __config__ entry)")
-        cfg = json.loads(str(z["__config__"]))
-        arrays = {k: z[k] for k in z.files if k != "__config__"}
-    if cfg.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: format {cfg.get('format')!r}, expected {EXPORT_FORMAT!r}")
-    name = cfg["model"]
-    cls = next((c for c in MODELS.values() if c.__name__ == name), None)
-    if cls is None:
-        raise ValueError(f"{path}: unknown model class {name!r}")
-    model = cls(**{k: _from_jsonable(v) for k, v in cfg["settings"].items()})
-    params = traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in arrays.items()})
-    return model, params, cfg

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mlet_jax import serving
 from mlet_jax.data.bars import PROTOCOLS
 from mlet_jax.data.registry import load_dataset
 from mlet_jax.distributed import initialize, make_mesh, parse_mesh
@@ -77,8 +78,15 @@ class RunConfig:
     mesh: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None
+    oov: str = "error"
+    export: str | None = None
 
     def __post_init__(self):
+        if self.export is not None:  # before any data is read: a folder, a missing folder or a foreign file
+            try:
+                serving.check_export_path(self.export)
+            except ValueError as e:
+                raise ValueError(f"--export: {e}") from None
         if self.embedding not in ("single", "mlet"):
             raise ValueError(f"--embedding must be 'single' or 'mlet', got {self.embedding!r}")
         if self.embedding == "mlet" and self.k is None:
@@ -120,7 +128,7 @@ class RunConfig:
         std = {} if self.projection_std is None else {"projection_std": self.projection_std}
         return paper_embedding(self.model, self.embedding, self.d, self.k if self.embedding == "mlet" else None,
                                table_init=self.table_init, table_std=self.table_std,
-                               projection_init=self.projection_init, **std)
+                               projection_init=self.projection_init, oov=self.oov, **std)
 
     @property
     def train_config(self) -> TrainConfig:
@@ -203,6 +211,8 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
         if jax.process_index() == 0:
             with RunLog(log) as rl:
                 rl.write({"event": "test", "step": int(state.step), **test})
+    if cfg.export is not None:  # the collapsed model as one jax.export artifact (mlet_jax.serving)
+        rec["export"] = str(serving.export(trainer.model, state.params, cfg.export, schema=ds.schema))
     if keep_state:
         rec.update(_state=state, _trainer=trainer, _dataset=ds, _test_logits=logits)
     return rec
@@ -287,6 +297,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--coordinator-address", default=None, metavar="HOST:PORT", help="process 0's address")
     g.add_argument("--num-processes", type=int, default=None)
     g.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--oov", choices=["error", "row"], default="error",
+                   help="ids outside a field's vocabulary: error (refused; the tables are unchanged) or row (one "
+                        "extra row per field that every unseen id maps to), in training, evaluation and serving")
+    p.add_argument("--export", default=None, metavar="PATH",
+                   help="at the end, write the collapsed model as one serving artifact (jax.export; "
+                        "mlet_jax.serving.load(PATH) predicts without the model code)")
     p.add_argument("--out", default=None, help="write the JSON result here (process 0 only)")
     p.add_argument("--log", default=None, metavar="PATH",
                    help="append the run log (JSON lines: loss, samples/s, evaluations, spectra) here; default: next "
@@ -354,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict:
         if (n_proc is not None and n_proc < 1) or (args.process_id is not None and args.process_id < 0):
             raise ValueError(f"--num-processes must be >= 1 and --process-id >= 0, got {n_proc} and "
                              f"{args.process_id}")
+        if args.export and ((n_proc or 1) > 1 or args.coordinator_address):
+            raise ValueError("--export runs in one process only (the tables of several processes are not gathered)")
         if args.coordinator_address is not None and (n_proc is None or args.process_id is None):
             raise ValueError("--coordinator-address needs --num-processes and --process-id")
         if n_proc is not None and args.process_id is not None and args.process_id >= n_proc:

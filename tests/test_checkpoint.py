@@ -8,12 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from mlet_jax.checkpoint import Checkpointer, export_inference, load_inference
+from mlet_jax.checkpoint import Checkpointer
 from mlet_jax.data.base import batches, epoch_order
 from mlet_jax.data.synthetic import make_synthetic
 from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.models.dlrm import DLRM
 from mlet_jax.optim import OptimizerSpec
+from mlet_jax.serving import export_inference, load_inference
 from mlet_jax.training import NonFiniteLossError, TrainConfig, Trainer, fit
 
 BATCH = 32
