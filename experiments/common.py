@@ -1,4 +1,5 @@
-"""What every experiment shares: the plan (which grid, which data), dataset loading and the command-line flags.
+"""What every experiment shares: the plan (which grid, which data) and one run of it (:func:`base_config`), dataset
+loading, the spread over seeds (:func:`mean_std`), the result and figure writers, and the command-line flags.
 
 :func:`quick_plan` is the small synthetic run that ``python -m experiments.reproduce --quick`` makes (about 10
 minutes on a quiet 2-core CPU); :func:`paper_plan` is the paper's grid (Table 2 settings: DLRM SGD lr 0.2, the
