@@ -8,8 +8,10 @@ gets a leading run axis, and one jitted step (state donated) is ``jax.vmap`` of 
 update of :mod:`mlet_jax.row_sparse` are the very same code). What differs between runs (:class:`Runs`):
 
 * the seed: parameter init and dropout (each run's key is ``jax.random.key(seed)``, split as ``Trainer.init`` does);
-* the learning rate, the tables' learning-rate multiplier and the MLET projection's init std: traced per-run values,
-  arguments of the compiled step, so another sweep of the same size reuses the compiled program.
+* the learning rate and the tables' learning-rate multiplier: traced per-run values, arguments of the compiled
+  step, so another sweep of the same size reuses the compiled step;
+* the MLET projection's init std: an argument of the compiled init (the projection starts N(0, 1), times each run's
+  std, which is exactly ``std * normal`` as the single-run init computes it).
 
 Every run sees the same batches (``data_seed`` fixes their order), so the row-sparse dedup scratch is shared: the
 batch's distinct rows are found once per step, not once per run, and the compact/fallback choice stays one branch.
@@ -173,7 +175,12 @@ class MultiTrainer:
         model = self.model
         if self.runs.projection_std is not None:  # init N(0, 1), scaled by each run's std (std * normal, exactly)
             model = model.clone(embedding=dataclasses.replace(model.embedding, projection_std=1.0))
-        return _Program(model, self.config, self.runs.size, self.runs.projection_std is not None)
+        # the step replaces both learning rates by its traced arguments: a neutral 1.0 in the static config lets
+        # every sweep of the same model, update rule and size share one compiled step
+        cfg = self.config
+        cfg = dataclasses.replace(cfg, optimizer=dataclasses.replace(cfg.optimizer, lr=1.0),
+                                  table_optimizer=dataclasses.replace(cfg.tables, lr=1.0))
+        return _Program(model, cfg, self.runs.size, self.runs.projection_std is not None)
 
     @property
     def trainer(self) -> Trainer:
@@ -450,7 +457,7 @@ def run_many(cfgs: Sequence, dataset=None, *, progress: bool = False, keep_state
         served_model, served_params = collapse_model(trainer.model, st.params)
         rec: dict[str, Any] = {
             "test_auc": test["auc"], "test_logloss": test["logloss"], "test_pr_auc": test["pr_auc"],
-            "valid": hist.evals[-1]["runs"][i] if hist.evals else None,
+            "valid": {"step": hist.evals[-1]["step"], **hist.evals[-1]["runs"][i]} if hist.evals else None,
             "train_samples_per_s": hist.samples_per_second,
             "first_step_s": hist.first_step_seconds,
             "wall_s": wall,
