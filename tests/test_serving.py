@@ -196,7 +196,9 @@ def test_cli_refuses_a_foreign_export_path_before_training(tmp_path, capsys):
     foreign.write_text("keep me")
     with pytest.raises(SystemExit) as e:
         train.main(["--export", str(foreign), "--data-option", "n_train=999999999"])
-    assert e.value.code == 2 and "--export" in capsys.readouterr().err and foreign.read_text() == "keep me"
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and foreign.read_text() == "keep me"
+    assert "--export: export path" in err and "is not an mlet_jax serving artifact" in err
 
 
 @pytest.mark.slow
