@@ -20,11 +20,13 @@ from mlet_jax.io import atomic_write_text
 
 SECTIONS = (
     ("Sweep: quality versus d and k (paper Figures 2-4, Table 2)", "sweep.md", "fig_sweep_"),
-    ("Embedding-parameter savings (paper: 4-16x, up to 16x, 5.8x on average)", "savings.md", None),
-    ("Most versus least frequent test samples (paper Table 3)", "frequency.md", None),
+    ("Embedding-parameter savings (paper: 4-16x, up to 16x, 5.8x on average)", "savings.md", "fig_savings"),
+    ("Most versus least frequent test samples (paper Table 3)", "frequency.md", "fig_frequency"),
     ("Projection init std (paper Figure 6)", "init_variance.md", "fig_init_variance"),
     ("Compression: SVD, hashing, INT8 (paper Table 4, Figures 5 and 7)", "compression.md", "fig_compression_"),
-    ("Controls: is MLET more than a learning-rate change?", "controls.md", None),
+    ("Controls: is MLET more than a learning-rate change?", "controls.md", "fig_controls"),
+    ("Tuned against tuned: same search budget, validation selection, paired fresh seeds", "tuned.md", "fig_tuned"),
+    ("MLET against its isotropic twin (same mean enhancement, step by step; spectra)", "twin.md", "fig_twin"),
 )
 
 
@@ -118,6 +120,20 @@ def verdicts(out: str) -> list[tuple[str, str, str]]:
                         f"{e['mlet_minus_single']['se']:.4f}, MLET - best (x{e['best_mult']:g}) "
                         f"{e['mlet_minus_best']['mean']:+.4f} +- {e['mlet_minus_best']['se']:.4f}" for e in ct)
                     + " (AUC, paired by seed, mean +- SE; 'reproduced' needs > 2 SE)"))
+    tu = _load(out, "tuned.json")  # experiments/tuned.py
+    if tu:
+        cs = tu["comparisons"]
+        res.append(("Tuned MLET beats tuned single-layer (same budget, validation selection; our control)",
+                    _v(sum(c["verdict"].startswith("MLET") for c in cs), len(cs)), "; ".join(
+                        f"k={c['k']}: {c['auc_diff']['mean']:+.4f} +- {c['auc_diff']['se']:.4f} ({c['verdict']})"
+                        for c in cs) + " (test AUC, paired by seed; a win needs > 2 SE)"))
+    tw = _load(out, "twin.json")  # experiments/twin.py
+    if tw:
+        c = next(c for c in tw["comparisons"] if (c["a"], c["b"]) == ("mlet", "twin"))
+        res.append(("MLET's anisotropic weighting matters (MLET beats its isotropic twin; our control)",
+                    "reproduced" if c["verdict"] == "mlet wins" else "not reproduced",
+                    f"MLET - twin {c['auc_diff']['mean']:+.4f} +- {c['auc_diff']['se']:.4f} test AUC "
+                    f"({c['verdict']}, n={c['auc_diff']['n']})"))
     return res
 
 

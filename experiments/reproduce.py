@@ -19,14 +19,28 @@ import platform
 import sys
 import time
 
-from experiments import compression, controls, figures, frequency, init_variance, report, savings, sweep
+from experiments import (
+    compression,
+    controls,
+    figures,
+    figures_more,
+    frequency,
+    init_variance,
+    report,
+    savings,
+    sweep,
+    tuned,
+    twin,
+)
 from experiments.common import parse_plan_cli
 from mlet_jax.io import atomic_write_text
 
 # compression first: its unhashed runs are sweep runs too
-STEPS = ("compression", "sweep", "figures", "savings", "frequency", "init_variance", "controls")
+STEPS = ("compression", "sweep", "figures", "savings", "frequency", "init_variance", "controls", "tuned", "twin",
+         "figures_more")
 MODULES = {"compression": compression, "sweep": sweep, "figures": figures, "savings": savings,
-           "frequency": frequency, "init_variance": init_variance, "controls": controls}
+           "frequency": frequency, "init_variance": init_variance, "controls": controls, "tuned": tuned, "twin": twin,
+           "figures_more": figures_more}
 
 
 def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict:

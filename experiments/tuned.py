@@ -2,7 +2,9 @@
 learning-rate knobs, selected on validation AUC only; each winner then trains fresh seeds, compared on test.
 
     python -m experiments.tuned --quick --out experiments/results/quick
-    python -m experiments.tuned --out results/tuned_ml100k --dataset movielens --data-dir CACHE --model dlrm --d 4
+    python -m mlet_jax.data.fetch ml-100k         # MovieLens-100K from the recbole 1.2.1 wheel, into the cache
+    python -m experiments.tuned --out experiments/results/ml100k --dataset movielens \
+        --data-dir ~/.cache/mlet_jax/raw/ml-100k --data-option valid_fraction=0.1 --prefix tuned_ml100k
 
 The search. Every arm draws the same ``budget`` trials from one seeded stream: trial 0 is the paper's setting (lr of
 the paper's optimizer, table-lr multiplier 1, the paper's projection std), trials 1.. draw ``lr`` log-uniform in
@@ -41,7 +43,7 @@ LR_SPAN = 4.0  # lr in [lr0 / LR_SPAN, lr0 * LR_SPAN]
 MULT_RANGE = (0.25, 128.0)
 STD_RANGE = (0.05, 1.0)
 SEARCH_SEED = 1000  # init / batch-order seed of every search trial; the final seeds are 0..seeds-1
-QUICK_DATA = (("n_train", 40_000), ("n_valid", 10_000), ("n_test", 20_000))
+QUICK_DATA = (("n_test", 20_000), ("n_train", 40_000), ("n_valid", 10_000))  # sorted, as the CLI sorts options
 DLRM_OPTIONS = (("bottom_mlp", (64, 32)), ("top_mlp", (64, 32)))  # small MLPs: the quick plan runs in minutes
 
 
@@ -273,22 +275,68 @@ def figure(res: dict, path: str) -> None:
     save_figure(fig, path)
 
 
-def run(plan: TunedPlan, out: str, *, log=print, prefix: str = "tuned", command: str = "") -> dict:
-    """Search, final runs, analysis; writes ``{prefix}.json``, ``{prefix}.md`` and ``fig_{prefix}.png``."""
+class NoValidation(ValueError):
+    """The data set has no validation split, so nothing can be selected without the test split."""
+
+
+def previous(path: str, plan_json: dict, what: str) -> dict | None:
+    """The result at ``path`` when it is ours and was made by the same plan (then nothing retrains); ``None`` when
+    it is missing or from another plan; ValueError when the file is not one of ours (never overwritten)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        res = json.load(open(path))
+        if not isinstance(res, dict) or "comparisons" not in res:
+            raise ValueError
+    except (ValueError, OSError):
+        raise ValueError(f"out: {path} exists and is not a {what} result; not overwriting it") from None
+    return res if json.loads(json.dumps(res["plan"])) == json.loads(json.dumps(plan_json)) else None
+
+
+def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict | None:
+    """The step of ``python -m experiments.reproduce``: the quick :class:`TunedPlan` for the quick (synthetic) plan,
+    else the same comparison on the plan's data (which needs a validation split). Not sharded: skipped in shards."""
+    if shard != (0, 1):
+        log("tuned: not sharded; run it once without --shard")
+        return None
+    from experiments.common import quick_plan
+
+    if plan == quick_plan():
+        tp = TunedPlan()
+    elif plan.dataset != "synthetic":
+        tp = TunedPlan(dataset=plan.dataset, data_dir=plan.data_dir, data_options=plan.data_options, d=plan.control_d,
+                       ks=tuple(k for k in plan.ks if k is not None and k >= plan.control_d), epochs=plan.epochs,
+                       batch_size=plan.batch_size, model_options=DLRM_OPTIONS if plan.dataset != "criteo" else ())
+    else:  # other synthetic plans (tests, custom sizes): the quick plan's sizes would dwarf them
+        log("tuned: runs for the quick plan or real data; this synthetic plan skips it "
+            "(python -m experiments.tuned for custom sizes)")
+        return None
+    res = previous(os.path.join(out, "tuned.json"), dataclasses.asdict(tp), "tuned.py")
+    if res is None and not train:
+        log("tuned: no result for this plan and --analyze-only; skipped")
+        return None
+    try:
+        return run_tuned(tp, out, log=log, command=f"python -m experiments.reproduce ... --out {out} (step tuned)")
+    except NoValidation as e:
+        log(f"tuned: skipped: {e}")
+        return None
+
+
+def run_tuned(plan: TunedPlan, out: str, *, log=print, prefix: str = "tuned", command: str = "") -> dict:
+    """Search, final runs, analysis; writes ``{prefix}.json``, ``{prefix}.md`` and ``fig_{prefix}.png``. A result
+    of the same plan already there is re-rendered, not retrained."""
     from mlet_jax.data.registry import load_dataset
 
-    for name in (f"{prefix}.json", f"{prefix}.md"):
-        p = os.path.join(out, name)
-        if os.path.exists(p) and name.endswith(".json"):
-            try:
-                if "comparisons" not in json.load(open(p)):
-                    raise ValueError
-            except (ValueError, OSError):
-                raise ValueError(f"out: {p} exists and is not a tuned.py result; not overwriting it") from None
+    old = previous(os.path.join(out, f"{prefix}.json"), dataclasses.asdict(plan), "tuned.py")
+    if old is not None:
+        log(f"tuned: reusing {prefix}.json (same plan)")
+        atomic_write_text(os.path.join(out, f"{prefix}.md"), markdown(old) + "\n")
+        figure(old, os.path.join(out, f"fig_{prefix}.png"))
+        return old
     t0 = time.perf_counter()
     ds = load_dataset(plan.dataset, plan.data_dir, **dict(plan.data_options))
     if ds.valid is None or len(ds.valid) == 0:
-        raise ValueError("the data set has no validation split; selection needs one (e.g. --data-option n_valid=N)")
+        raise NoValidation("the data set has no validation split; selection needs one (e.g. --data-option n_valid=N)")
     found = search(plan, ds, log)
     finals = final(plan, ds, found, log)
     res = {"plan": dataclasses.asdict(plan), "search": found, "final": finals,
@@ -356,7 +404,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     plan = plan_from_args(p, a)
     cmd = "python -m experiments.tuned " + " ".join(sys.argv[1:] if argv is None else argv)
-    res = run(plan, a.out, prefix=a.prefix, command=cmd)
+    res = run_tuned(plan, a.out, prefix=a.prefix, command=cmd)
     print(markdown(res))
 
 

@@ -1,6 +1,7 @@
 """MLET against its isotropic twin: does the non-homogeneous weighting of MLET's step matter, or only its size?
 
-    python -m experiments.twin --quick --out experiments/results/quick [--from-tuned experiments/results/quick/tuned.json]
+    python -m experiments.twin --quick --out experiments/results/quick
+    python -m experiments.twin --from-tuned experiments/results/quick/tuned.json --out experiments/results/quick
 
 One SGD step of a factorized field table ``W_f = T_f P_f`` (rows ``T_f``: ``n_f x k``, projection ``P_f``:
 ``k x d``; table learning rate ``a``, projection learning rate ``b``) moves ``W_f`` by, to first order,
@@ -111,7 +112,7 @@ class TwinPlan:
     seeds: int = 5
     dataset: str = "synthetic"
     data_dir: str | None = None
-    data_options: tuple[tuple[str, object], ...] = (("n_train", 40_000), ("n_valid", 10_000), ("n_test", 20_000))
+    data_options: tuple[tuple[str, object], ...] = (("n_test", 20_000), ("n_train", 40_000), ("n_valid", 10_000))
     model_options: tuple[tuple[str, object], ...] = (("bottom_mlp", (64, 32)), ("top_mlp", (64, 32)))
     batch_size: int = 256
     epochs: int = 1
@@ -298,16 +299,41 @@ def figures(res: dict, out: str, prefix: str) -> list[str]:
     return paths
 
 
-def run(plan: TwinPlan, out: str, *, log=print, prefix: str = "twin", command: str = "") -> dict:
+def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict | None:
+    """The step of ``python -m experiments.reproduce``: the twin of ``OUT/tuned.json``'s largest-k MLET winner
+    (skipped without one). SGD models only; not sharded."""
+    if shard != (0, 1):
+        log("twin: not sharded; run it once without --shard")
+        return None
+    tuned = os.path.join(out, "tuned.json")
+    if not os.path.exists(tuned):
+        log("twin: no tuned.json (the tuned step ran for the quick plan or real data only); skipped")
+        return None
+    tp = plan_from_tuned(tuned, TwinPlan())
+    if tp.model != "dlrm":
+        log(f"twin: the SGD twin needs an SGD model; {tp.model} trains with Adagrad; skipped")
+        return None
+    from experiments.tuned import previous
+
+    if previous(os.path.join(out, "twin.json"), dataclasses.asdict(tp), "twin.py") is None and not train:
+        log("twin: no result for this plan and --analyze-only; skipped")
+        return None
+    return run_twin(tp, out, log=log, command=f"python -m experiments.reproduce ... --out {out} (step twin)")
+
+
+def run_twin(plan: TwinPlan, out: str, *, log=print, prefix: str = "twin", command: str = "") -> dict:
+    """Every seed's four arms, the paired comparisons; writes ``{prefix}.json``, ``{prefix}.md`` and the figures.
+    A result of the same plan already there is re-rendered, not retrained."""
+    from experiments.tuned import previous
     from mlet_jax.data.registry import load_dataset
 
     p = os.path.join(out, f"{prefix}.json")
-    if os.path.exists(p):
-        try:
-            if "comparisons" not in json.load(open(p)):
-                raise ValueError
-        except (ValueError, OSError):
-            raise ValueError(f"out: {p} exists and is not a twin.py result; not overwriting it") from None
+    old = previous(p, dataclasses.asdict(plan), "twin.py")
+    if old is not None:
+        log(f"twin: reusing {prefix}.json (same plan)")
+        atomic_write_text(os.path.join(out, f"{prefix}.md"), markdown(old) + "\n")
+        figures(old, out, prefix)
+        return old
     t0 = time.perf_counter()
     ds = load_dataset(plan.dataset, plan.data_dir, **dict(plan.data_options))
     seeds = []
@@ -375,7 +401,7 @@ def main(argv=None):
     except (ValueError, KeyError) as e:
         p.error(str(e))
     cmd = "python -m experiments.twin " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(markdown(run(plan, a.out, prefix=a.prefix, command=cmd)))
+    print(markdown(run_twin(plan, a.out, prefix=a.prefix, command=cmd)))
 
 
 if __name__ == "__main__":

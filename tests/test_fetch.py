@@ -12,8 +12,8 @@ import pytest
 from mlet_jax.data import fetch
 from mlet_jax.data.registry import load_dataset
 
-INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n196\t242\t3\t881250949\n186\t302\t5\t891717742\n" \
-        "196\t302\t4\t881250950\n"
+INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n196\t242\t3\t881250949\n" \
+        "186\t302\t5\t891717742\n196\t302\t4\t881250950\n"
 USER = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n196\t49\tM\twriter\t55105\n" \
        "186\t39\tF\texecutive\t00000\n"
 ITEM = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" \
