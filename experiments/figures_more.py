@@ -101,6 +101,10 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[
                             ("frequency.json", frequency_figure, "fig_frequency.png"),
                             ("controls.json", controls_figure, "fig_controls.png")):
         res = _load(out, name)
+        if isinstance(res, dict) and "entries" in res:
+            res = res if res["entries"] else None
+        elif isinstance(res, dict):
+            res = {k: v for k, v in res.items() if v} or None
         if not res:
             log(f"figures_more: no {name}; {fig} skipped")
             continue
