@@ -69,10 +69,10 @@ def mlp_step(params, dense, inter, label):
     def loss(ps):
         x = dense
         for w, b in ps[:4]:
-            x = jax.nn.relu(x @ w + b)
+            x = jax.nn.relu(x @ w + b[None, :])
         h = jnp.concatenate([x, inter], axis=1)
         for i, (w, b) in enumerate(ps[4:]):
-            h = h @ w + b
+            h = h @ w + b[None, :]
             if i < 2:
                 h = jax.nn.relu(h)
         return jnp.mean(jax.nn.softplus(h[:, 0]) - label * h[:, 0])

@@ -24,8 +24,9 @@ waits in a blocking read while mlet_jax runs (``OMP_WAIT_POLICY=PASSIVE``). For 
 the two sides run ``--steps`` steps each, one after the other, so load drift hits both alike; reported are medians of
 all timed steps and their ratios. The same run measures the machine's ceilings
 (:func:`benchmarks.bench_ceilings.measure`) and each mlet_jax step as a fraction of its floor: FLOPs per step (XLA's
-cost analysis of the compiled step) at the in-run ``jnp.dot`` GFLOP/s, plus the step's random row passes (a gather
-and a scatter-add per id slot) at the in-run random rows/s.
+cost analysis of the compiled step) at the in-run ``jnp.dot`` GFLOP/s of the MLP's largest layer, plus a random
+gather and a random scatter-add of every distinct row of the batch at the in-run random rows/s (the slower of the
+two); ``floor_fraction`` is that floor over the median step.
 
 Command (BENCHMARKS.md)::
 
@@ -74,6 +75,13 @@ def zipf_batches(vocab, batch: int, n_batches: int, dim: int, seed: int) -> dict
             f"grad_{batch}": (1e-3 * rng.standard_normal((batch, len(vocab), dim))).astype(np.float32)}
 
 
+def compact_plan_for(vocab, batch: int):
+    """The library's compact plan for one id per field, single-layer (``(tile, capacity_tiles, may_overflow)``)."""
+    from mlet_jax.row_sparse import compact_plan
+
+    return compact_plan(vocab, (1,) * len(vocab), batch, tiled=False)
+
+
 def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2):
     """``(init, step)`` of mlet_jax's row-sparse embedding part alone: ``step(table, rs_state, scratch, ids_BxF,
     grad_BxFxD) -> (table, rs_state, scratch, emb_BxFxD)``, jitted, the table, state and scratch donated."""
@@ -81,13 +89,13 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2):
     import jax.numpy as jnp
 
     from mlet_jax.optim import OptimizerSpec
-    from mlet_jax.row_sparse import CompactRows, RowSparse, compact_plan, compact_rows, dedup_rows
+    from mlet_jax.row_sparse import CompactRows, RowSparse, compact_rows, dedup_rows
 
     n_f = len(vocab)
     offsets = jnp.asarray(np.concatenate([[0], np.cumsum(vocab)[:-1]]), jnp.int32)
     rs = RowSparse(OptimizerSpec("sgd", lr))
     slots = (1,) * n_f
-    plan = compact_plan(vocab, slots, batch, tiled=False)
+    plan = compact_plan_for(vocab, batch)
 
     def grads(table, rows_G, ref_BxF, grad_BxFxD):
         emb_G = table.at[rows_G].get(mode="promise_in_bounds")
@@ -96,7 +104,7 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2):
         return out, g_G
 
     def step(table, rs_state, scratch, ids_BxF, grad_BxFxD):
-        rows_U, slot_BxF, scratch = dedup_rows(ids_BxF + offsets, scratch)
+        rows_U, slot_BxF, scratch = dedup_rows(ids_BxF + offsets[None, :], scratch)
         if plan is None:
             out, g = grads(table, rows_U, slot_BxF, grad_BxFxD)
             rows = rows_U
@@ -214,6 +222,9 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
 
     t_start = time.perf_counter()
     jx: dict = {}  # (part, kind, batch) -> [state, step, staged batches, gflop, compile s]
+    offsets = np.concatenate([[0], np.cumsum(vocab)[:-1]])
+    distinct = {b: float(np.mean([np.unique(arrays[f"ids_{b}"][i] + offsets).size for i in range(n_batches)]))
+                for b in batches}
     for b in batches:
         staged = [jax.device_put({"dense": arrays[f"dense_{b}"][i], "ids": arrays[f"ids_{b}"][i],
                                   "label": arrays[f"label_{b}"][i]}) for i in range(n_batches)]
@@ -224,7 +235,7 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
                 state = trainer.init(0, staged[0])
                 compiled = trainer.train_step.lower(state, staged[0]).compile()
                 for i in range(2):  # warm
-                    state, _ = compiled(state, staged[i])
+                    state, _ = compiled(state, staged[i % n_batches])
                 jax.block_until_ready(state)
                 jx["dlrm", kind, b] = [state, compiled, staged, _cost_gflop(compiled), time.perf_counter() - t0]
                 log(f"compiled mlet_jax dlrm {kind} batch {b} in {jx['dlrm', kind, b][4]:.0f} s")
@@ -236,7 +247,7 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
             carry = init(0)
             compiled = step.lower(*carry, ids[0], grad).compile()
             for i in range(2):
-                *carry, _ = compiled(*carry, ids[i], grad)
+                *carry, _ = compiled(*carry, ids[i % n_batches], grad)
             jax.block_until_ready(carry)
             jx["emb", "single", b] = [carry, compiled, (ids, grad), _cost_gflop(compiled), time.perf_counter() - t0]
     ceil0 = measure(batch=max(batches), repeats=3, copy_mib=64 if toy else 256,
@@ -280,6 +291,7 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
     for (part, side, b), ts in times.items():
         med = statistics.median(ts)
         row = {"part": part, "side": side, "batch": b, "samples_per_s": b / med, "ms_per_step": 1e3 * med,
+               "samples_per_s_min_step": b / min(ts), "distinct_rows_per_batch": distinct[b],
                "ms_per_step_min": 1e3 * min(ts), "steps_timed": len(ts)}
         if side.startswith("mlet_jax"):
             entry = jx[part, side[len("mlet_jax_"):], b]
@@ -287,9 +299,10 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
             row["compile_s"] = entry[4]
             if "jax_matmul_mlp_gflops" in ceil:
                 flop_ms = 1e3 * entry[3] / ceil["jax_matmul_mlp_gflops"]
-                # a gather and a scatter-add per id slot (the embedding rows; MLPs are in the FLOPs)
-                row_ms = 1e3 * 2 * b * len(vocab) / (1e6 * min(ceil["jax_random_Mrows_per_s"],
-                                                               ceil["jax_random_scatter_add_Mrows_per_s"]))
+                # a random gather and a random scatter-add of every distinct row (the occurrences then read the
+                # gathered rows, which are cache-resident); the MLPs and the interaction are in the FLOPs
+                row_ms = 1e3 * 2 * distinct[b] / (1e6 * min(ceil["jax_random_Mrows_per_s"],
+                                                            ceil["jax_random_scatter_add_Mrows_per_s"]))
                 row["floor_ms"] = flop_ms + row_ms
                 row["floor_fraction"] = row["floor_ms"] / row["ms_per_step"]
         rows.append(row)
@@ -298,6 +311,11 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
         peer = by.get((r["part"], "torchrec", r["batch"]))
         if peer and r["side"] != "torchrec":
             r["ratio_vs_torchrec"] = r["samples_per_s"] / peer["samples_per_s"]
+            # the same ratio per round (each side's median over its segment of the round), median over rounds
+            mine, theirs = times[r["part"], r["side"], r["batch"]], times[r["part"], "torchrec", r["batch"]]
+            r["ratio_vs_torchrec_paired"] = statistics.median(
+                statistics.median(theirs[i:i + steps]) / statistics.median(mine[i:i + steps])
+                for i in range(0, len(mine), steps))
         small = by.get((r["part"], r["side"], min(batches)))
         if small and r["batch"] != min(batches):
             r["per_sample_ratio_vs_smallest_batch"] = r["samples_per_s"] / small["samples_per_s"]
