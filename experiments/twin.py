@@ -19,8 +19,14 @@ MLET - twin isolates the anisotropy; twin - constant twin isolates the growth of
 
 All four models train in one loop, per seed, on the same batches (the seed orders them and initializes each
 model); the comparison is paired by seed. tests/test_twin.py checks on a fixed batch, against numpy float64 SVDs,
-that the twin's update has MLET's mean enhancement (and MLET's is anisotropic). SGD only: under Adagrad the factor
-is not ``sigma^2``-shaped (``theory.measured_enhancement``); that twin is not built here.
+that the twin's update has MLET's mean enhancement (and MLET's is anisotropic).
+
+Adagrad. Its factors are not ``sigma^2``-shaped (``theory.measured_enhancement``: each coordinate moves by ~lr), so
+the Adagrad twin uses the measured effective factor instead: at every step, ``rho_f(t) = ||dW_f(MLET)||_F /
+||own step of field f||``, the ratio of MLET's actual change of the collapsed field table to the twin's own torch
+Adagrad step (:func:`twin_adagrad_step`; the ``step_ratio`` of ``theory.measured_enhancement``, measured on the
+running states); the twin then takes ``rho_f(t)`` times its own step, so each field's table moves by exactly as much
+as MLET's, in Adagrad's per-coordinate directions. The constant twin keeps ``rho_f(0)``.
 
 Expected runtime: quick (DLRM, d 4, k 64, 40k rows, 5 seeds): ~2-4 minutes on 2 loaded cores.
 """
@@ -98,6 +104,47 @@ def twin_step(trainer, fid_key, params, batch, lr, field_lr_F, other_table_lr):
     return traverse_util.unflatten_dict(out), loss
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _field_change(vocab_sizes, before, after):
+    """``[F]``: ``||W_f(after) - W_f(before)||_F`` of the collapsed MLET tables (every row of every field)."""
+    from mlet_jax.embeddings import collapse_table
+
+    e0, e1 = before["embeddings"], after["embeddings"]
+    dw = collapse_table(e1["table"], e1["projection"], vocab_sizes) - collapse_table(e0["table"], e0["projection"],
+                                                                                        vocab_sizes)
+    f = len(vocab_sizes)
+    fid = jnp.asarray(field_ids(vocab_sizes, dw.shape[0]))
+    return jnp.sqrt(jax.ops.segment_sum(jnp.sum(dw * dw, axis=1), fid, num_segments=f + 1)[:f])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
+def twin_adagrad_step(trainer, fid_key, params, acc, batch, lr, table_lr, target_F, factor_F):
+    """One torch-Adagrad step of a single-layer model (accumulators ``acc``, from zeros; eps 1e-10 outside the
+    root) in which field ``f``'s embedding rows take ``rho_f`` times their own step, ``rho_f = target_F[f] /
+    ||own step of field f||`` (where ``target_F < 0``: ``rho_f = factor_F[f]``; 1 is the plain step). Returns
+    ``(params, acc, rho_F, loss)``.
+    With ``target_F`` = MLET's measured ``||dW_f||`` at that step the twin moves each field's table by exactly as
+    much as MLET does, in its own (per-coordinate Adagrad) directions."""
+    (loss, _), g = jax.value_and_grad(trainer.loss_and_logits, has_aux=True)(params, batch)
+    flat, gflat, aflat = (traverse_util.flatten_dict(t) for t in (params, g, acc))
+    tables = set(trainer.table_paths)
+    out, new_acc, rho = {}, {}, jnp.ones((len(fid_key),), jnp.float32)
+    for p, v in flat.items():
+        a = aflat[p] + gflat[p] * gflat[p]
+        new_acc[p] = a
+        step = gflat[p] / (jnp.sqrt(a) + 1e-10)
+        if p == ("embeddings", "table"):
+            fid = jnp.asarray(field_ids(fid_key, v.shape[0]))
+            own = jnp.sqrt(jax.ops.segment_sum(jnp.sum((table_lr * step) ** 2, axis=1), fid,
+                                               num_segments=len(fid_key) + 1)[: len(fid_key)])
+            rho = jnp.where(target_F < 0, factor_F, target_F / jnp.maximum(own, 1e-30)).astype(v.dtype)
+            rows = jnp.concatenate([rho, jnp.zeros((1,), v.dtype)])[fid]
+            out[p] = v - (table_lr * rows)[:, None] * step
+        else:
+            out[p] = v - (table_lr if p in tables else lr) * step
+    return traverse_util.unflatten_dict(out), traverse_util.unflatten_dict(new_acc), rho, loss
+
+
 # -- the experiment -------------------------------------------------------------------------------------------------
 
 
@@ -130,11 +177,17 @@ class TwinPlan:
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be finite and > 0, got {v}")
 
+    @property
+    def optimizer(self) -> str:
+        from mlet_jax.models.presets import paper_optimizer
+
+        return paper_optimizer(self.model).name
+
     def run_config(self, embedding: str, seed: int):
         from mlet_jax.train import RunConfig
 
         return RunConfig(model=self.model, embedding=embedding, d=self.d, k=self.k if embedding == "mlet" else None,
-                         optimizer="sgd", lr=self.lr, table_lr_mult=self.table_lr_mult,
+                         lr=self.lr, table_lr_mult=self.table_lr_mult,
                          projection_std=self.projection_std, batch_size=self.batch_size, epochs=self.epochs,
                          seed=seed, model_options=self.model_options)
 
@@ -162,6 +215,10 @@ def train_seed(plan: TwinPlan, ds, seed: int, *, spectra: bool = False) -> dict:
     e0 = _enhancement(vocab, lrs, state.params)
     const_F, single_F = e0, jnp.full_like(e0, a)
     trace, spec = [], {arm: [] for arm in ARMS}
+    adagrad = plan.optimizer == "adagrad"
+    if adagrad:  # the measured factor: MLET's ||dW_f|| over the twin's own step, per field and step
+        acc = {arm: jax.tree_util.tree_map(jnp.zeros_like, init) for arm in ARMS[1:]}
+        const_F, no_target, ones = None, -jnp.ones_like(e0), jnp.ones_like(e0)
     step = 0
     for epoch in range(plan.epochs):
         for b in batches(ds.train, plan.batch_size, seed=seed, epoch=epoch):
@@ -170,13 +227,28 @@ def train_seed(plan: TwinPlan, ds, seed: int, *, spectra: bool = False) -> dict:
                 spec["mlet"].append(spectra_record(state.params, vocab, step))
                 for arm in ARMS[1:]:
                     spec[arm].append(spectra_record(params[arm], vocab, step))
-            e = _enhancement(vocab, lrs, state.params)  # MLET's factor at this step, before its update
-            if step % plan.record_every == 0:
-                trace.append((step, e))
-            state, _ = mtr.train_step(state, batch)
-            params["twin"], _ = twin_step(str_, vocab, params["twin"], batch, plan.lr, e, a)
-            params["twin_const"], _ = twin_step(str_, vocab, params["twin_const"], batch, plan.lr, const_F, a)
-            params["single"], _ = twin_step(str_, vocab, params["single"], batch, plan.lr, single_F, a)
+            if not adagrad:
+                e = _enhancement(vocab, lrs, state.params)  # MLET's factor at this step, before its update
+                if step % plan.record_every == 0:
+                    trace.append((step, e))
+                state, _ = mtr.train_step(state, batch)
+                params["twin"], _ = twin_step(str_, vocab, params["twin"], batch, plan.lr, e, a)
+                params["twin_const"], _ = twin_step(str_, vocab, params["twin_const"], batch, plan.lr, const_F, a)
+                params["single"], _ = twin_step(str_, vocab, params["single"], batch, plan.lr, single_F, a)
+            else:
+                before = jax.tree_util.tree_map(jnp.array, {"embeddings": state.params["embeddings"]})
+                state, _ = mtr.train_step(state, batch)
+                target = _field_change(vocab, before, {"embeddings": state.params["embeddings"]})
+                params["twin"], acc["twin"], rho, _ = twin_adagrad_step(
+                    str_, vocab, params["twin"], acc["twin"], batch, plan.lr, a, target, ones)
+                if const_F is None:  # the first step's factor, kept for the constant twin
+                    const_F = rho
+                params["twin_const"], acc["twin_const"], _, _ = twin_adagrad_step(
+                    str_, vocab, params["twin_const"], acc["twin_const"], batch, plan.lr, a, no_target, const_F)
+                params["single"], acc["single"], _, _ = twin_adagrad_step(
+                    str_, vocab, params["single"], acc["single"], batch, plan.lr, a, no_target, ones)
+                if step % plan.record_every == 0:
+                    trace.append((step, rho * a))
             step += 1
     if spectra:
         spec["mlet"].append(spectra_record(state.params, vocab, step))
@@ -219,11 +291,14 @@ def markdown(res: dict) -> str:
     plan, seeds = res["plan"], res["seeds"]
     tr = seeds[0]["factor_trace"]
     e = np.asarray(tr["effective_table_lr"]) / tr["table_lr"]  # [records, F]
-    lines = [f"Model `{plan['model']}` (SGD), d = {plan['d']}, k = {plan['k']}; MLET settings ({plan['source']}): "
+    opt = "adagrad" if plan["model"] != "dlrm" else "sgd"
+    what = ("MLET's measured factor rho_f = ||dW_f(MLET)|| / ||twin's own Adagrad step||" if opt == "adagrad"
+            else "MLET's mean enhancement e_f / a")
+    lines = [f"Model `{plan['model']}` ({opt}), d = {plan['d']}, k = {plan['k']}; MLET settings ({plan['source']}): "
              f"lr {plan['lr']:.3g}, table-lr mult {plan['table_lr_mult']:.3g}, projection std "
              f"{plan['projection_std']:.3g}; {len(seeds)} seeds, {seeds[0]['steps']} steps each, data "
              f"`{plan['dataset']}` {dict(plan['data_options'])}.", "",
-             f"MLET's mean enhancement e_f / a (seed 0, mean over fields): {e[0].mean():.3g} at step 0, "
+             f"{what} (seed 0, mean over fields): {e[0].mean():.3g} at step 0, "
              f"{e[len(e) // 2].mean():.3g} at step {tr['steps'][len(e) // 2]}, {e[-1].mean():.3g} at step "
              f"{tr['steps'][-1]}; per field at the last record: " + ", ".join(f"{x:.3g}" for x in e[-1]) + ".", "",
              "| arm | test AUC (mean +- std) | test LogLoss |", "|---|---|---|"]
@@ -237,7 +312,8 @@ def markdown(res: dict) -> str:
         p, q = c["auc_diff"], c["logloss_diff"]
         lines.append(f"| {c['a']} - {c['b']} | {p['mean']:+.4f} +- {p['se']:.4f} (n={p['n']}) | "
                      f"{q['mean']:+.4f} +- {q['se']:.4f} | **{c['verdict']}** |")
-    lines += ["", "twin: single-layer, field-f rows stepped with MLET's mean enhancement e_f(t) each step; "
+    lines += ["", "twin: single-layer, field-f rows stepped with MLET's factor at that step (SGD: the mean enhancement "
+              "e_f(t); Adagrad: the measured rho_f(t), so that ||dW_f|| equals MLET's); "
               "twin_const: e_f(0) throughout; single: MLET's table lr a.", "",
               f"Command: `{res['command']}`; wall time {res['seconds']:.0f} s (load average {res['load_avg']:.1f} "
               f"on {os.cpu_count()} CPUs)."]
@@ -310,9 +386,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict 
         log("twin: no tuned.json (the tuned step ran for the quick plan or real data only); skipped")
         return None
     tp = plan_from_tuned(tuned, TwinPlan())
-    if tp.model != "dlrm":
-        log(f"twin: the SGD twin needs an SGD model; {tp.model} trains with Adagrad; skipped")
-        return None
     from experiments.tuned import previous
 
     if previous(os.path.join(out, "twin.json"), dataclasses.asdict(tp), "twin.py") is None and not train:
@@ -371,6 +444,20 @@ def plan_from_tuned(path: str, base: TwinPlan) -> TwinPlan:
                                source=f"tuned winner of {os.path.basename(path)}")
 
 
+def _options(p, items):
+    out = {}
+    for kv in items:
+        if "=" not in kv:
+            p.error(f"argument --data-option: expected KEY=VALUE, got {kv!r}")
+        key, v = kv.split("=", 1)
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            pass
+        out[key.replace("-", "_")] = tuple(v) if isinstance(v, list) else v
+    return out.items()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
@@ -384,6 +471,8 @@ def main(argv=None):
     p.add_argument("--table-lr-mult", type=float, default=1.0)
     p.add_argument("--projection-std", type=float, default=0.25)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option (JSON values), e.g. valid_fraction=0.1; replaces the quick sizes")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--prefix", default="twin")
@@ -395,7 +484,8 @@ def main(argv=None):
     try:
         base = TwinPlan(model=a.model, d=a.d, k=a.k, lr=a.lr, table_lr_mult=a.table_lr_mult,
                         projection_std=a.projection_std, seeds=a.seeds, dataset=a.dataset, data_dir=a.data_dir,
-                        **({} if a.dataset == "synthetic" else {"data_options": ()}),
+                        **({} if a.dataset == "synthetic" and not a.data_option else
+                           {"data_options": tuple(sorted(_options(p, a.data_option)))}),
                         **({} if a.model == "dlrm" else {"model_options": ()}))
         plan = plan_from_tuned(a.from_tuned, base) if a.from_tuned else base
     except (ValueError, KeyError) as e:

@@ -112,3 +112,33 @@ def test_plan_checks():
         twin.TwinPlan(d=8, k=4)
     with pytest.raises(SystemExit):
         twin.main(["--out", "/tmp/x", "--from-tuned", "/nonexistent/tuned.json"])
+
+
+@pytest.mark.slow
+def test_adagrad_twin_step_with_unit_factor_is_the_single_layer_adagrad_step_and_matches_a_target():
+    with jax.enable_x64(True):
+        model = _model("single")
+        bl = [{k: jnp.asarray(v) for k, v in b.items()} for b in batches(DS.train, 16, seed=1)]
+        lr, table_lr = 0.05, 0.3
+        tr = Trainer(model, TrainConfig(OptimizerSpec("adagrad", lr), OptimizerSpec("adagrad", table_lr),
+                                        sparse_tables=True))
+        st = tr.init(2, bl[0])
+        params = jax.tree_util.tree_map(jnp.array, st.params)
+        acc = jax.tree_util.tree_map(jnp.zeros_like, params)
+        f = len(VOCAB)
+        for b in bl[:3]:
+            st, _ = tr.train_step(st, b)
+            params, acc, rho, _ = twin.twin_adagrad_step(tr, tuple(VOCAB), params, acc, b, lr, table_lr,
+                                                         -jnp.ones(f), jnp.ones(f))
+        for x, y in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(st.params), strict=True):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-12)
+        # a target norm per field: the field's rows then move by exactly that much
+        target = jnp.asarray([1e-3, 2e-3, 5e-4, 3e-3])
+        before = np.asarray(params["embeddings"]["table"])
+        params, acc, rho, _ = twin.twin_adagrad_step(tr, tuple(VOCAB), params, acc, bl[3], lr, table_lr, target,
+                                                     jnp.ones(f))
+        dw = np.asarray(params["embeddings"]["table"]) - before
+    lo = 0
+    for i, n in enumerate(VOCAB):
+        np.testing.assert_allclose(np.linalg.norm(dw[lo:lo + n]), float(target[i]), rtol=1e-9)
+        lo += n
