@@ -164,12 +164,13 @@ def measure(batch: int = 4096, repeats: int = 5, copy_mib: int = 256, gather_n: 
     return out
 
 
-def sweep(batch: int, repeats: int, rounds: int = 2) -> dict:
+def sweep(batch: int, repeats: int, rounds: int = 2, names=tuple(SWEEP)) -> dict:
     """:func:`measure_jax` under every :data:`SWEEP` setting, each in a fresh process, ``rounds`` times alternating
     (best per setting); a setting whose process fails gets its error's last line."""
     res: dict = {}
     for _ in range(rounds):
-        for name, flags in SWEEP.items():
+        for name in names:
+            flags = SWEEP[name]
             env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()}
             proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_ceilings", "--jax-only", "--batch",
                                    str(batch), "--repeats", str(repeats)], env=env, capture_output=True, text=True,
@@ -190,10 +191,12 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=4096, help="batch of the MLP-shaped matmul and the MLP step")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--xla-flags-sweep", action="store_true", help="also time JAX under each XLA_FLAGS of SWEEP")
+    p.add_argument("--sweep", nargs="+", default=list(SWEEP), choices=list(SWEEP), help="settings the sweep runs")
+    p.add_argument("--rounds", type=int, default=2, help="sweep rounds (the settings alternate; best per setting)")
     p.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # the sweep's children
     p.add_argument("--out", default=None, help="JSON output path")
     a = p.parse_args(argv)
-    for opt in ("batch", "repeats"):
+    for opt in ("batch", "repeats", "rounds"):
         if getattr(a, opt) < 1:
             p.error(f"argument --{opt}: must be >= 1")
     if a.out:
@@ -211,7 +214,7 @@ def main(argv=None) -> dict:
 
     rec = {"ceilings": measure(a.batch, a.repeats), "machine": machine()}
     if a.xla_flags_sweep:
-        rec["xla_flags_sweep"] = sweep(a.batch, a.repeats)
+        rec["xla_flags_sweep"] = sweep(a.batch, a.repeats, a.rounds, a.sweep)
     print(json.dumps(rec, indent=1))
     if a.out:
         from mlet_jax.io import write_json_output
