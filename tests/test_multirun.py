@@ -186,7 +186,7 @@ def test_cli_refuses_foreign_out(tmp_path, capsys):
 def test_cli_seeds_match_single_runs(tmp_path):
     """``--seeds 2,5`` writes one JSON line per seed; the first (its seed orders the batches) is ``--seed 2``."""
     out = tmp_path / "runs.jsonl"
-    cmd = [sys.executable, "-m", "mlet_jax.train", *TINY]
+    cmd = [sys.executable, "-m", "mlet_jax.train", *TINY, "--log-every", "5"]
     multi = subprocess.run(cmd + ["--seeds", "2,5", "--out", str(out)], capture_output=True, text=True, check=True)
     lines = [json.loads(x) for x in multi.stdout.splitlines() if x.startswith("{")]
     assert lines == [json.loads(x) for x in out.read_text().splitlines()]
@@ -245,9 +245,9 @@ def test_run_many_equals_run():
                                    ("num_dense", 3)), model_options=(("dnn", (16, 8)),))
     cfgs = [base, dataclasses.replace(base, lr=0.05, table_lr_mult=3.0, projection_std=0.2)]
     ds = load(base)
-    many = multirun.run_many(cfgs, ds)
+    many = multirun.run_many(cfgs, ds, log_every=5)
     for cfg, got in zip(cfgs, many, strict=True):
-        want = run(cfg, ds)
+        want = run(cfg, ds, log_every=5)
         assert got["settings"] == want["settings"] and got["steps"] == want["steps"] == 10
         for k in ("test_auc", "test_logloss", "test_pr_auc", "final_loss", "collapse_max_abs_diff"):
             assert abs(got[k] - want[k]) <= 1e-6, k
