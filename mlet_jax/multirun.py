@@ -42,6 +42,10 @@ from flax import traverse_util
 
 from mlet_jax import metrics as metrics_lib
 from mlet_jax.data.base import Split, batches
+from mlet_jax.data.registry import load_dataset
+from mlet_jax.embeddings import count_params
+from mlet_jax.io import atomic_write_text
+from mlet_jax.models import build_model, collapse_model
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer, TrainState, _fresh_state, prefetch
 
@@ -410,8 +414,6 @@ def check_configs(cfgs: Sequence) -> None:
 
 def multi_trainer(cfgs: Sequence, schema) -> MultiTrainer:
     """The :class:`MultiTrainer` of ``cfgs`` (checked by :func:`check_configs`) for a dataset ``schema``."""
-    from mlet_jax.models import build_model
-
     check_configs(cfgs)
     c0 = cfgs[0]
     model = build_model(c0.model, schema, c0.embedding_spec, **dict(c0.model_options))
@@ -433,13 +435,9 @@ def run_many(cfgs: Sequence, dataset=None, *, progress: bool = False, keep_state
     program's samples/s) and ``"diverged_at_step"``. With ``keep_state`` the records also hold ``"_state"`` (that
     run's single-run state), ``"_trainer"`` and ``"_dataset"``.
     """
-    from mlet_jax.embeddings import count_params
-    from mlet_jax.models import collapse_model
-    from mlet_jax.train import load
-
     check_configs(cfgs)
     c0 = cfgs[0]
-    ds = dataset if dataset is not None else load(c0)
+    ds = dataset if dataset is not None else load_dataset(c0.dataset, c0.data_dir, **dict(c0.data_options))
     mt = multi_trainer(cfgs, ds.schema)
     t0 = time.perf_counter()
     state, hist = fit_many(mt, ds.train, batch_size=c0.batch_size, epochs=c0.epochs, data_seed=c0.seed,
@@ -491,9 +489,11 @@ _SINGLE_RUN_FLAGS = {"mesh": "--mesh", "checkpoint_dir": "--checkpoint-dir", "ch
                      "log": "--log", "spectra_every": "--spectra-every"}
 
 
-def cli(p: argparse.ArgumentParser, args: argparse.Namespace, cfg, argv: Sequence[str]) -> list[dict]:
-    """``--seeds``: refuse single-run options (usage errors), train every seed in one program, print and write
-    (``--out``) one JSON line per run, tagged with the single-run record's ``"format"``."""
+def cli(p: argparse.ArgumentParser, args: argparse.Namespace, cfg, argv: Sequence[str],
+        result_format: str) -> list[dict]:
+    """``--seeds`` of :func:`mlet_jax.train.main`: refuse single-run options (usage errors), train every seed in one
+    program, print and write (``--out``) one JSON line per run, tagged ``"format": result_format`` (the single-run
+    record's)."""
     given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
     if "--seed" in given:
         p.error("--seed and --seeds: give the seeds in --seeds only (the first one also orders the batches)")
@@ -503,13 +503,10 @@ def cli(p: argparse.ArgumentParser, args: argparse.Namespace, cfg, argv: Sequenc
                     "without checkpoints or early stopping); train those runs one by one")
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         p.error("--seeds trains in one process; JAX_COORDINATOR_ADDRESS asks for several")
-    from mlet_jax.io import atomic_write_text
-    from mlet_jax.train import RESULT_FORMAT
-
     # main() has checked --out (missing, or a file of ours: mlet_jax.io) before this point
     cfgs = [dataclasses.replace(cfg, seed=s) for s in args.seeds]
     recs = run_many(cfgs, progress=not args.no_progress, log_every=getattr(args, "log_every", 50))
-    text = "".join(json.dumps({"format": RESULT_FORMAT, **r}, default=float) + "\n" for r in recs)
+    text = "".join(json.dumps({"format": result_format, **r}, default=float) + "\n" for r in recs)
     if args.out:
         atomic_write_text(args.out, text)
     print(text, end="")
