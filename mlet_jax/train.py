@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seeds is not None:  # several runs in one program: its own checks (usage errors), output and loop
         from mlet_jax import multirun
 
-        return multirun.cli(p, args, cfg, sys.argv[1:] if argv is None else argv)
+        return multirun.cli(p, args, cfg, sys.argv[1:] if argv is None else argv, RESULT_FORMAT)
     if (args.num_processes or 1) > 1 or args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         initialize(args.coordinator_address, args.num_processes, args.process_id)
     rec = run(cfg, progress=not args.no_progress, log=log, spectra_every=args.spectra_every,
