@@ -5,8 +5,10 @@
 
 Expected runtime: quick plan about 45 training runs (DLRM with SGD lr 0.2 and DCN with Adagrad lr 0.02, 100k
 synthetic training rows, one epoch), ~10 minutes on a quiet 2-core CPU (``timing.json`` records the measured time
-per experiment). The paper's grid (Table 2: 7 models, DLRM SGD lr 0.2, others Adagrad lr 0.02, one epoch, 5 seeds for
-DLRM and 3 for the others) takes days on a CPU; run it sharded (``--shard I/N`` in N processes on one ``--out``,
+per experiment), plus tuned against tuned (experiments/tuned.py: 3 search programs and 15 runs on 40k rows, 345 s
+measured at load 17) and the isotropic twin (experiments/twin.py, 92 s), which later runs of the same plan reuse.
+The paper's grid (Table 2: 7 models, DLRM SGD lr 0.2, others Adagrad lr 0.02, one epoch, 5 seeds for DLRM and 3 for
+the others) takes days on a CPU; run it sharded (``--shard I/N`` in N processes on one ``--out``,
 then once more without ``--shard`` to write the tables). Expected result: ``OUT/report.md`` with every table and
 figure and a computed verdict per paper claim. All runs are rows of ``OUT/runs.jsonl``; a re-run resumes.
 """
