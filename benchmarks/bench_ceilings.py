@@ -58,7 +58,8 @@ def mlp_params(key, dim: int = 16, num_dense: int = 13, n_fields: int = 26):
     top_in = dim + n_vec * (n_vec - 1) // 2
     sizes = [(num_dense, 512), (512, 256), (256, 128), (128, dim), (top_in, 512), (512, 256), (256, 1)]
     keys = jax.random.split(key, len(sizes))
-    return [(jax.random.normal(k, s) * (2.0 / sum(s)) ** 0.5, jax.numpy.zeros(s[1])) for k, s in zip(keys, sizes)]
+    return [(jax.random.normal(k, s) * (2.0 / sum(s)) ** 0.5, jax.numpy.zeros(s[1]))
+            for k, s in zip(keys, sizes, strict=True)]
 
 
 def mlp_step(params, dense, inter, label):
@@ -91,7 +92,7 @@ def measure_jax(batch: int = 4096, repeats: int = 5) -> dict:
     for name, (m, k, n) in {"2048": (2048, 2048, 2048), "mlp": (batch, 512, 256)}.items():
         x = jax.random.normal(jax.random.key(0), (m, k))
         w = jax.random.normal(jax.random.key(1), (k, n))
-        out[f"jax_matmul_{name}_gflops"] = 2.0 * m * k * n / _best(lambda: dot(x, w).block_until_ready(),
+        out[f"jax_matmul_{name}_gflops"] = 2.0 * m * k * n / _best(lambda x=x, w=w: dot(x, w).block_until_ready(),
                                                                    repeats) / 1e9
     params = mlp_params(jax.random.key(2))
     dense = jax.random.uniform(jax.random.key(3), (batch, 13))
@@ -126,7 +127,6 @@ def measure(batch: int = 4096, repeats: int = 5, copy_mib: int = 256, gather_n: 
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), np.float32)
     out["numpy_matmul_2048_gflops"] = 2.0 * n**3 / _best(lambda: np.matmul(a, b, out=c), repeats) / 1e9
-    del a, b, c
     out.update(measure_jax(batch, repeats))
 
     src = np.ones(copy_mib << 18, np.float32)
@@ -140,7 +140,6 @@ def measure(batch: int = 4096, repeats: int = 5, copy_mib: int = 256, gather_n: 
         held["x"].block_until_ready()
 
     out["jax_copy_GBps"] = 2 * src.nbytes / _best(copy_once, repeats) / 1e9
-    del src, dst, held
 
     table = rng.standard_normal((rows, dim), dtype=np.float32)
     idx = rng.integers(0, rows, gather_n).astype(np.int32)

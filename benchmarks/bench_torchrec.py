@@ -42,7 +42,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -314,8 +313,8 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
             # the same ratio per round (each side's median over its segment of the round), median over rounds
             mine, theirs = times[r["part"], r["side"], r["batch"]], times[r["part"], "torchrec", r["batch"]]
             r["ratio_vs_torchrec_paired"] = statistics.median(
-                statistics.median(theirs[i:i + steps]) / statistics.median(mine[i:i + steps])
-                for i in range(0, len(mine), steps))
+                [statistics.median(theirs[i:i + steps]) / statistics.median(mine[i:i + steps])
+                 for i in range(0, len(mine), steps)])
         small = by.get((r["part"], r["side"], min(batches)))
         if small and r["batch"] != min(batches):
             r["per_sample_ratio_vs_smallest_batch"] = r["samples_per_s"] / small["samples_per_s"]
@@ -338,7 +337,7 @@ def markdown(rows: list[dict]) -> str:
         if r["part"] == "ceilings":
             continue
 
-        def f(key, fmt):
+        def f(key, fmt, r=r):
             return format(r[key], fmt) if key in r else ""
 
         lines.append(f"| {r['part']} | {r['batch']} | {r['side']} | {r['samples_per_s']:,.0f} | "

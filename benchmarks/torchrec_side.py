@@ -1,10 +1,10 @@
 """The torch side of :mod:`benchmarks.bench_torchrec`: TorchRec's DLRM and FBGEMM's table-batched embedding on CPU.
 
-Run by ``bench_torchrec`` under the TorchRec venv's interpreter (``setup_torchrec.sh`` of the peer bench: torch
+Run by ``bench_torchrec`` under the TorchRec venv's interpreter (the peer bench's ``setup_torchrec.sh``: torch
 2.13.0 CPU, fbgemm-gpu-cpu 1.8.0, torchrec 1.8.0), never by hand in mlet_jax's venv (it imports nothing of
 mlet_jax). Adapted from the peer bench's ``trec_dlrm.py``: 26 tables at the vocabularies of the ``.npz`` the caller
-wrote, d 16, its MLPs (bottom 512-256-128-16 from 13 dense, top 512-256-1), SGD lr 0.2 everywhere, the tables' SGD fused into
-the backward pass (``fuse_embedding_optimizer``).
+wrote, d 16, its MLPs (bottom 512-256-128-16 from 13 dense, top 512-256-1), SGD lr 0.2 everywhere, the tables'
+SGD fused into the backward pass (``fuse_embedding_optimizer``).
 
 It reads the caller's ``.npz`` (``ids_B`` [n, B, 26] field-local ids, ``dense_B``, ``label_B``, ``grad_B`` [B, 26,
 16] for every batch size B, and ``vocab``), then serves one JSON command per stdin line, one JSON answer per stdout
@@ -46,8 +46,10 @@ def main(argv=None) -> int:
     import torchrec
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (ComputeDevice,
-                                                                        SplitTableBatchedEmbeddingBagsCodegen)
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
     from torchrec.models.dlrm import DLRM
     from torchrec.modules.fused_embedding_modules import fuse_embedding_optimizer

@@ -15,7 +15,7 @@ def _reference(table, ids_steps, grads, offsets, lr):
     """numpy float64: each step returns the rows read before the update, then SGD on the summed gradients."""
     t = table.astype(np.float64)
     outs = []
-    for ids, g in zip(ids_steps, grads):
+    for ids, g in zip(ids_steps, grads, strict=True):
         rows = ids + offsets
         outs.append(t[rows].copy())
         acc = np.zeros_like(t)
@@ -43,12 +43,12 @@ def test_embedding_step_equals_numpy_sgd(draw):
     carry = init(0)
     table0 = np.asarray(carry[0])
     outs = []
-    for i, g in zip(ids, grads):
+    for i, g in zip(ids, grads, strict=True):
         *carry, out = step(*carry, jax.numpy.asarray(i), jax.numpy.asarray(g))
         outs.append(np.asarray(out))
     ref_table, ref_outs = _reference(table0, ids, grads, np.r_[0, np.cumsum(vocab)[:-1]], 0.2)
     np.testing.assert_allclose(np.asarray(carry[0]), ref_table, atol=1e-5)
-    for o, r in zip(outs, ref_outs):
+    for o, r in zip(outs, ref_outs, strict=True):
         np.testing.assert_allclose(o, r, atol=1e-6)
 
 
@@ -152,12 +152,13 @@ def test_mlp_step_equals_numpy_float64():
             up = up[:, :2]  # the bottom MLP's output part of the top MLP's input
         if i > 0:
             delta = up * (acts[i] > 0) if i != 4 else up * (acts[4][:, :2] > 0)
-    for (w, b), (gw, gb), (nw, nb) in zip(ps, grads, new):
+    for (w, b), (gw, gb), (nw, nb) in zip(ps, grads, new, strict=True):
         np.testing.assert_allclose(np.asarray(nw), w - 0.2 * gw, atol=1e-5)
         np.testing.assert_allclose(np.asarray(nb), b - 0.2 * gb, atol=1e-5)
 
 
-@pytest.mark.skipif(not os.environ.get(bench_torchrec.TREC_PYTHON_ENV), reason="needs $MLET_TREC_PYTHON (TorchRec venv)")
+@pytest.mark.skipif(not os.environ.get(bench_torchrec.TREC_PYTHON_ENV),
+                    reason="needs $MLET_TREC_PYTHON (TorchRec venv)")
 def test_torch_side_runs_the_same_ids(tmp_path):
     out = tmp_path / "trec.jsonl"
     bench_torchrec.main(["--toy", "--batches", "32", "--repeats", "1", "--steps", "2", "--n-batches", "1",
@@ -170,3 +171,12 @@ def test_torch_side_runs_the_same_ids(tmp_path):
             peer = next(p for p in rows if p.get("side") == "torchrec" and p["part"] == r["part"])
             assert r["ratio_vs_torchrec"] == pytest.approx(r["samples_per_s"] / peer["samples_per_s"])
             assert r["torch"]["torchrec"] == "1.8.0"
+
+
+@pytest.mark.parametrize("argv, needle", [(["--fractions", "0"], "--fractions"), (["--steps", "0"], "--steps")])
+def test_bench_compact_fraction_argument_errors(argv, needle, capsys):
+    from benchmarks import bench_compact_fraction
+
+    with pytest.raises(SystemExit) as e:
+        bench_compact_fraction.main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
