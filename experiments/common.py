@@ -20,7 +20,7 @@ import numpy as np
 from mlet_jax.data.registry import load_dataset
 from mlet_jax.io import atomic_write_text
 from mlet_jax.train import RunConfig
-from mlet_jax.train import _kv as key_value  # the train CLI's KEY=VALUE parser (JSON values), so both read alike
+from mlet_jax.train import parse_kv as key_value  # the train CLI's KEY=VALUE parser (JSON values), so both read alike
 
 QUICK_DATA = (("n_train", 100_000), ("n_valid", 0), ("n_test", 30_000))
 

@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from experiments.common import parse_plan_cli, pyplot, save_figure
+
 
 def _load(out, name):
     p = os.path.join(out, name)
@@ -23,8 +25,6 @@ def _load(out, name):
 
 def savings_figure(sv: dict, path: str) -> None:
     """Per model: single-layer AUC vs d, and the smallest-d MLET AUC that matches it (the reduction)."""
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
     models = sorted({e["model"] for e in sv["entries"]})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
@@ -50,8 +50,6 @@ def savings_figure(sv: dict, path: str) -> None:
 
 def frequency_figure(fr: dict, path: str) -> None:
     """Relative PR-AUC gain of MLET on the most (A) and least (B) frequent test samples, per definition."""
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
     defs = list(fr)
     fig, axes = plt.subplots(1, len(defs), figsize=(4 * len(defs), 4), squeeze=False, sharey=True)
@@ -73,8 +71,6 @@ def frequency_figure(fr: dict, path: str) -> None:
 
 def controls_figure(ct: list, path: str) -> None:
     """Per model: single-layer AUC against the table-lr multiplier, MLET as a horizontal line."""
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
     fig, axes = plt.subplots(1, len(ct), figsize=(5 * len(ct), 4), squeeze=False)
     for ax, e in zip(axes[0], ct, strict=True):
@@ -114,8 +110,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> list[
 
 
 def main(argv=None):
-    from experiments.common import parse_plan_cli
-
     a, plan, kw = parse_plan_cli(__doc__, argv)
     print("\n".join(run(plan, a.out, **kw)))
 

@@ -37,7 +37,13 @@ import time
 
 import numpy as np
 
+from experiments.common import pyplot, quick_plan, save_figure
+from mlet_jax.data.registry import load_dataset
 from mlet_jax.io import atomic_write_text
+from mlet_jax.models.presets import paper_embedding, paper_optimizer
+from mlet_jax.multirun import run_many
+from mlet_jax.train import RunConfig
+from mlet_jax.train import run as train_run
 
 LR_SPAN = 4.0  # lr in [lr0 / LR_SPAN, lr0 * LR_SPAN]
 MULT_RANGE = (0.25, 128.0)
@@ -50,7 +56,6 @@ DLRM_OPTIONS = (("bottom_mlp", (64, 32)), ("top_mlp", (64, 32)))  # small MLPs: 
 @dataclasses.dataclass(frozen=True)
 class TunedPlan:
     """What :func:`run` compares (frozen; stored with its results)."""
-
     model: str = "dlrm"
     d: int = 4
     ks: tuple[int, ...] = (16, 64)
@@ -81,7 +86,6 @@ def arms(plan: TunedPlan) -> list[int | None]:
 def trials(plan: TunedPlan, k: int | None) -> list[dict]:
     """The arm's ``budget`` search points ``{"lr", "table_lr_mult", "projection_std"}`` (std ``None`` for
     single-layer). The ``lr`` and multiplier draws are the same for every arm."""
-    from mlet_jax.models.presets import paper_embedding, paper_optimizer
 
     lr0 = paper_optimizer(plan.model).lr
     std0 = paper_embedding(plan.model, "mlet", plan.d, plan.d).projection_std
@@ -98,8 +102,6 @@ def trials(plan: TunedPlan, k: int | None) -> list[dict]:
 
 
 def config(plan: TunedPlan, k: int | None, trial: dict, seed: int):
-    from mlet_jax.train import RunConfig
-
     return RunConfig(model=plan.model, embedding="single" if k is None else "mlet", d=plan.d, k=k,
                      dataset=plan.dataset, data_dir=plan.data_dir, data_options=plan.data_options, seed=seed,
                      batch_size=plan.batch_size, epochs=plan.epochs, lr=trial["lr"],
@@ -148,8 +150,6 @@ def _name(k):
 
 def search(plan: TunedPlan, ds, log=print) -> dict:
     """Per arm: every trial's validation AUC (one vmapped program per arm) and the winner's index."""
-    from mlet_jax.multirun import run_many
-
     out = {}
     for k in arms(plan):
         pts = trials(plan, k)
@@ -169,8 +169,6 @@ def search(plan: TunedPlan, ds, log=print) -> dict:
 
 def final(plan: TunedPlan, ds, found: dict, log=print) -> dict:
     """Each winner trained with seeds ``0..seeds-1`` (one run each: the seed also orders the batches)."""
-    from mlet_jax.train import run as train_run
-
     out = {}
     for k in arms(plan):
         e = found[_name(k)]
@@ -240,8 +238,6 @@ def markdown(res: dict) -> str:
 
 def figure(res: dict, path: str) -> None:
     """Left: every trial's validation AUC against its effective table lr, per arm. Right: test AUC per seed."""
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 4))
     names = list(res["final"])
@@ -278,7 +274,6 @@ def figure(res: dict, path: str) -> None:
 class NoValidation(ValueError):
     """The data set has no validation split, so nothing can be selected without the test split."""
 
-
 def previous(path: str, plan_json: dict, what: str) -> dict | None:
     """The result at ``path`` when it is ours and was made by the same plan (then nothing retrains); ``None`` when
     it is missing or from another plan; ValueError when the file is not one of ours (never overwritten)."""
@@ -299,7 +294,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict 
     if shard != (0, 1):
         log("tuned: not sharded; run it once without --shard")
         return None
-    from experiments.common import quick_plan
 
     if plan == quick_plan():
         tp = TunedPlan()
@@ -325,7 +319,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict 
 def run_tuned(plan: TunedPlan, out: str, *, log=print, prefix: str = "tuned", command: str = "") -> dict:
     """Search, final runs, analysis; writes ``{prefix}.json``, ``{prefix}.md`` and ``fig_{prefix}.png``. A result
     of the same plan already there is re-rendered, not retrained."""
-    from mlet_jax.data.registry import load_dataset
 
     old = previous(os.path.join(out, f"{prefix}.json"), dataclasses.asdict(plan), "tuned.py")
     if old is not None:

@@ -47,7 +47,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from experiments.common import pyplot, save_figure
+from experiments.tuned import paired, previous, verdict
+from mlet_jax.data.base import batches
+from mlet_jax.data.registry import load_dataset
+from mlet_jax.embeddings import collapse_table
 from mlet_jax.io import atomic_write_text
+from mlet_jax.models import build_model
+from mlet_jax.models.presets import paper_optimizer
+from mlet_jax.spectra import spectra_record
+from mlet_jax.train import RunConfig
+from mlet_jax.training import Trainer
 
 ARMS = ("mlet", "twin", "twin_const", "single")
 
@@ -107,8 +117,6 @@ def twin_step(trainer, fid_key, params, batch, lr, field_lr_F, other_table_lr):
 @functools.partial(jax.jit, static_argnums=(0,))
 def _field_change(vocab_sizes, before, after):
     """``[F]``: ``||W_f(after) - W_f(before)||_F`` of the collapsed MLET tables (every row of every field)."""
-    from mlet_jax.embeddings import collapse_table
-
     e0, e1 = before["embeddings"], after["embeddings"]
     dw = collapse_table(e1["table"], e1["projection"], vocab_sizes) - collapse_table(e0["table"], e0["projection"],
                                                                                         vocab_sizes)
@@ -179,13 +187,9 @@ class TwinPlan:
 
     @property
     def optimizer(self) -> str:
-        from mlet_jax.models.presets import paper_optimizer
-
         return paper_optimizer(self.model).name
 
     def run_config(self, embedding: str, seed: int):
-        from mlet_jax.train import RunConfig
-
         return RunConfig(model=self.model, embedding=embedding, d=self.d, k=self.k if embedding == "mlet" else None,
                          lr=self.lr, table_lr_mult=self.table_lr_mult,
                          projection_std=self.projection_std, batch_size=self.batch_size, epochs=self.epochs,
@@ -194,11 +198,6 @@ class TwinPlan:
 
 def train_seed(plan: TwinPlan, ds, seed: int, *, spectra: bool = False) -> dict:
     """MLET, twin, constant twin and single trained on the same batches; test metrics and the factor's trace."""
-    from mlet_jax.data.base import batches
-    from mlet_jax.models import build_model
-    from mlet_jax.spectra import spectra_record
-    from mlet_jax.training import Trainer
-
     vocab = tuple(int(v) for v in ds.schema.vocab_sizes)
     mcfg, scfg = plan.run_config("mlet", seed), plan.run_config("single", seed)
     mtr = Trainer(build_model(plan.model, ds.schema, mcfg.embedding_spec, **dict(plan.model_options)),
@@ -273,8 +272,6 @@ def train_seed(plan: TwinPlan, ds, seed: int, *, spectra: bool = False) -> dict:
 
 
 def analyze(per_seed: list[dict]) -> list[dict]:
-    from experiments.tuned import paired, verdict
-
     def get(arm, m):
         return {r["seed"]: r["test"][arm][m] for r in per_seed if math.isfinite(r["test"][arm][m])}
 
@@ -321,8 +318,6 @@ def markdown(res: dict) -> str:
 
 
 def figures(res: dict, out: str, prefix: str) -> list[str]:
-    from experiments.common import pyplot, save_figure
-
     plt = pyplot()
     paths = []
     s0 = res["seeds"][0]
@@ -386,7 +381,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict 
         log("twin: no tuned.json (the tuned step ran for the quick plan or real data only); skipped")
         return None
     tp = plan_from_tuned(tuned, TwinPlan())
-    from experiments.tuned import previous
 
     if previous(os.path.join(out, "twin.json"), dataclasses.asdict(tp), "twin.py") is None and not train:
         log("twin: no result for this plan and --analyze-only; skipped")
@@ -397,8 +391,6 @@ def run(plan, out: str, *, shard=(0, 1), train: bool = True, log=print) -> dict 
 def run_twin(plan: TwinPlan, out: str, *, log=print, prefix: str = "twin", command: str = "") -> dict:
     """Every seed's four arms, the paired comparisons; writes ``{prefix}.json``, ``{prefix}.md`` and the figures.
     A result of the same plan already there is re-rendered, not retrained."""
-    from experiments.tuned import previous
-    from mlet_jax.data.registry import load_dataset
 
     p = os.path.join(out, f"{prefix}.json")
     old = previous(p, dataclasses.asdict(plan), "twin.py")

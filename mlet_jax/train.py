@@ -35,10 +35,10 @@ from mlet_jax.data.registry import load_dataset
 from mlet_jax.distributed import initialize, make_mesh, parse_mesh
 from mlet_jax.embeddings import EmbeddingSpec, count_params
 from mlet_jax.io import OutputExistsError, atomic_write_text, check_output_file
-from mlet_jax.multirun import parse_seeds
 from mlet_jax.metrics import binary_metrics
 from mlet_jax.models import MODELS, build_model, collapse_model
 from mlet_jax.models.presets import paper_embedding, paper_loss_reduction, paper_optimizer
+from mlet_jax.multirun import parse_seeds
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.runlog import RunLog, check_target
 from mlet_jax.training import TrainConfig, Trainer, fit
@@ -218,7 +218,7 @@ def run(cfg: RunConfig, dataset=None, *, progress: bool = False, keep_state: boo
     return rec
 
 
-def _kv(text: str) -> tuple[str, Any]:
+def parse_kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     k, v = text.split("=", 1)
@@ -252,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="synthetic",
                    help="synthetic | criteo | avazu | movielens | table | arrays")
     p.add_argument("--data-dir", default=None, help="raw file/folder, prepared cache, or .npz prefix (arrays)")
-    p.add_argument("--data-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data-option", type=parse_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, repeatable (e.g. n_train=100000, min_count=4)")
     p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
                    help="a BARS protocol (mlet_jax.data.bars): FuxiCTR's preprocessing of --data-dir (the Kaggle file, "
@@ -281,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
                         "momentum on tables needs 'off': dense updates of every row)")
     p.add_argument("--loss-reduction", choices=["mean", "sum"], default=None,
                    help="default: mean for DLRM (its reference), sum for the DeepCTR-Torch models (as DeepCTR)")
-    p.add_argument("--model-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-option", type=parse_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="model setting, repeatable (e.g. bottom_mlp=[256,128])")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation evaluations")
     p.add_argument("--early-stopping", type=int, default=None, dest="early_stopping_patience",

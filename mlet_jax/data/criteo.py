@@ -21,7 +21,7 @@ import polars as pl
 from mlet_jax.data import splits
 from mlet_jax.data._build import MISSING_KEY, Field, RawStore, _bar, check_splits, finalize, parse_text_blocks
 from mlet_jax.data._text import BLOCK_BYTES, check_file, iter_blocks, split_lines
-from mlet_jax.data.errors import BadRows
+from mlet_jax.data.errors import BadRows, DataFormatError
 
 DENSE = tuple(f"I{i}" for i in range(1, 14))
 CATS = tuple(f"C{i}" for i in range(1, 27))
@@ -80,8 +80,6 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
                       lambda block: split_lines(block, path, b"\t", len(COLUMNS), bad),
                       lambda lines: parse_block(lines.data, lines.line_no, path, bad))
     if store.n == 0:
-        from mlet_jax.data.errors import DataFormatError
-
         raise DataFormatError(path, "no data rows", line=1)
     codes = splits.criteo_days(store.n, int(options["days"]))
     check_splits(codes, store, path, ("days", options["days"]))
