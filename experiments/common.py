@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlet_jax.data.registry import load_dataset
-from mlet_jax.io import atomic_write_text
+from mlet_jax.io import OutputExistsError, atomic_write_text, claim_output_dir
 from mlet_jax.train import RunConfig
 from mlet_jax.train import parse_kv as key_value  # the train CLI's KEY=VALUE parser (JSON values), so both read alike
 
@@ -188,6 +188,10 @@ def plan_from_args(args) -> Plan:
     return paper_plan(args.dataset, args.data_dir, tuple(args.data_option))
 
 
+# A folder holding one of these was written by an experiment before output folders were marked (mlet_jax.io).
+EARLIER_OUTPUT_FILES = ("plan.json", "runs.jsonl")
+
+
 def parse_plan_cli(doc: str, argv=None) -> tuple[argparse.Namespace, Plan, dict]:
     """Every experiment's command line: ``(args, plan, run_kwargs)`` with ``run_kwargs = {"shard", "train"}``.
 
@@ -197,6 +201,11 @@ def parse_plan_cli(doc: str, argv=None) -> tuple[argparse.Namespace, Plan, dict]
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     add_plan_args(p)
     a = p.parse_args(argv)
+    try:  # before any training: an experiment writes only into its own folders (mlet_jax.io's rule)
+        earlier = any(os.path.exists(os.path.join(a.out, f)) for f in EARLIER_OUTPUT_FILES)
+        claim_output_dir(a.out, "--out", writes=tuple(os.listdir(a.out)) if earlier else ())
+    except (ValueError, OutputExistsError) as e:
+        p.error(str(e))
     return a, plan_from_args(a), {"shard": shard_from_args(a), "train": not a.analyze_only}
 
 

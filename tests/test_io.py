@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from experiments.common import parse_plan_cli
 from mlet_jax import demo, io
 from mlet_jax import train as train_cli
 
@@ -98,3 +99,21 @@ def test_demo_never_writes_into_a_users_folder(tmp_path, capsys):
         demo.main(["--out", str(tmp_path)])
     assert e.value.code == 2 and "did not write" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def test_experiments_write_only_into_their_own_folders(tmp_path, capsys):
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "report.md").write_text("my report")
+    with pytest.raises(SystemExit) as e:
+        parse_plan_cli("x", ["--quick", "--out", str(users)])
+    assert e.value.code == 2 and "did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in users.iterdir()) == ["report.md"]
+    earlier = tmp_path / "earlier"  # an experiment's folder from before the marker: it holds runs.jsonl
+    earlier.mkdir()
+    (earlier / "runs.jsonl").write_text("")
+    (earlier / "report.md").write_text("")
+    a, _, _ = parse_plan_cli("x", ["--quick", "--out", str(earlier)])
+    assert (earlier / io.OUTPUT_MARKER).exists()
+    a, _, _ = parse_plan_cli("x", ["--quick", "--out", str(tmp_path / "new")])
+    assert (tmp_path / "new" / io.OUTPUT_MARKER).exists()
