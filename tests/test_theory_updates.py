@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import theory.updates
 from theory import (
     DENSE_MAX_N,
     first_order_update,
@@ -142,9 +143,14 @@ def test_thin_spectral_update_through_the_gram_route():
     assert_close(spectral_update(W1, W2, G), first_order_update(W1, W2, G), rtol=1e-12)
 
 
-def test_dense_refuses_large_n_without_allocating():
+def test_dense_refuses_large_n_without_allocating(monkeypatch):
     d, k, n = 2, 3, DENSE_MAX_N + 1
     W1, W2, G = np.ones((d, k)), np.ones((k, n)), np.ones((d, n))
+
+    def no_factoring(*a, **kw):  # at n = 10^7 LAPACK's SVD of W2 alone exhausted 24 GB before the refusal
+        raise AssertionError("factored W2 before refusing")
+
+    monkeypatch.setattr(theory.updates, "svd_factors", no_factoring)
     with pytest.raises(ValueError, match=r"n <= 4096"):
         spectral_update(W1, W2, G, method="dense")
     with pytest.raises(ValueError, match="method must be"):

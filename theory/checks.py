@@ -114,7 +114,8 @@ def random_case(d: int, k: int, n: int, seed: int = 0, batch: int = 8, projectio
     """
     rng = np.random.default_rng(seed)
     W1 = projection_std * rng.standard_normal((d, k))
-    W2 = rng.uniform(-1.0, 1.0, (k, n)) / math.sqrt(n)
+    W2 = rng.uniform(-1.0, 1.0, (k, n))
+    W2 /= math.sqrt(n)  # in place: at n = 10^7 a second k x n copy is 5 GB
     queried = np.sort(rng.choice(n, size=min(batch, n), replace=False))
     G = np.zeros((d, n))
     G[:, queried] = rng.standard_normal((d, queried.size))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from theory.spectral import (
+    DENSE_MAX_N,
     as_f64,
     check_shapes,
     coefficients,
@@ -103,6 +104,9 @@ def spectral_update(W1, W2, G, method: str = "thin", svd_method: str = "auto") -
     W1, W2, G = as_f64("W1", W1), as_f64("W2", W2), as_f64("G", G)
     check_shapes(W1, W2, G)
     if method == "dense":
+        if W2.shape[1] > DENSE_MAX_N:  # before any factoring: LAPACK's full SVD of a wide W2 alone can exhaust memory
+            raise ValueError(f"method='dense' builds the full n x n V, so it needs n <= {DENSE_MAX_N}, got "
+                             f"n = {W2.shape[1]}. Use method='thin', which is exact in O(n k) memory.")
         f = svd_factors(W1, W2, method="lapack")
         V, sigma2 = full_right_vectors(W2)
         E = f.sigma1[:, None] ** 2 + sigma2[None, :] ** 2
