@@ -38,13 +38,9 @@ def is_ours(path: str | os.PathLike) -> bool:
     return False
 
 
-def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
-    """Fail before any long work when ``path`` cannot be written or holds a file we did not write.
-
-    Raises:
-        ValueError: ``path`` is a folder, or its folder is missing or not writable (names ``what``).
-        OutputExistsError: ``path`` exists and is not one of ours.
-    """
+def check_file_target(path: str | os.PathLike, what: str = "output") -> Path:
+    """``path`` as a ``Path`` if a file can be written there, else ``ValueError`` naming ``what``: it is a folder, or
+    its folder is missing or not writable. Each writer adds its own test of whether an existing file is its own."""
     out = Path(path)
     if out.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a folder; give a file name")
@@ -53,6 +49,17 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
         raise ValueError(f"{what} {str(path)!r}: its folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"{what} {str(path)!r}: its folder {str(parent)!r} is not writable")
+    return out
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail before any long work when ``path`` cannot be written or holds a file we did not write.
+
+    Raises:
+        ValueError: ``path`` is a folder, or its folder is missing or not writable (names ``what``).
+        OutputExistsError: ``path`` exists and is not one of ours.
+    """
+    out = check_file_target(path, what)
     if out.exists() and not is_ours(out):
         raise OutputExistsError(f"{what} {str(path)!r} exists and was not written by mlet_jax; it is left as it is: "
                                 "move it away or choose another name")

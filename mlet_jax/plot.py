@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mlet_jax.io import check_file_target
 from mlet_jax.runlog import RunLogError, curves, read_records
 
 SOFTWARE = "mlet_jax.plot"
@@ -28,11 +29,7 @@ SOFTWARE = "mlet_jax.plot"
 def _check_png_target(path: str) -> None:
     if not path.lower().endswith(".png"):
         raise ValueError(f"--out {path!r} must end with .png")
-    if os.path.isdir(path):
-        raise ValueError(f"--out {path!r} is a folder; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out {path!r}: its folder {parent!r} does not exist")
+    check_file_target(path, "--out")
     if os.path.exists(path) and os.path.getsize(path) > 0 and not _is_own_png(path):
         raise ValueError(f"--out {path!r} exists and was not written by {SOFTWARE}; refusing to overwrite it")
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from mlet_jax.io import check_file_target
+
 FORMAT = "mlet_jax.runlog"
 VERSION = 1
 
@@ -69,14 +71,7 @@ def check_target(path: str | os.PathLike, what: str = "run log") -> str:
 
     Allowed: a missing file in an existing, writable folder, an empty file, or a run log this module wrote.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{what} {path!r} is a folder; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"{what} {path!r}: its folder {parent!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{what} {path!r}: its folder {parent!r} is not writable")
+    path = os.fspath(check_file_target(path, what))
     if os.path.exists(path) and os.path.getsize(path) > 0 and not _is_own(path):
         raise ValueError(f"{what} {path!r} exists and is not a run log written by mlet_jax; refusing to write to it "
                          "(give another path or remove it)")

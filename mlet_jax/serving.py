@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mlet_jax import oov as oov_lib
+from mlet_jax.io import check_file_target
 
 FORMAT = "mlet_jax.serving/1"
 EXPORT_FORMAT = "mlet_jax.inference/1"
@@ -65,14 +66,7 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
 def check_export_path(path: str | os.PathLike) -> Path:
     """``path`` if :func:`export` may write there, else ``ValueError`` naming it: not a folder, its folder exists and
     is writable, and the file is missing or one of our artifacts (never another file)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"export path {str(path)!r} is a folder; give a file name")
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise ValueError(f"export path {str(path)!r}: its folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"export path {str(path)!r}: its folder {str(parent)!r} is not writable")
+    path = check_file_target(path, "export path")
     if path.exists() and read_manifest(path) is None:
         raise ValueError(f"export path {str(path)!r} exists and is not an mlet_jax serving artifact; refusing to "
                          "overwrite it (remove it or choose another name)")
