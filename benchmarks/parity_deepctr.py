@@ -101,6 +101,54 @@ def to_mlet_params(w: dict, n_fields: int, n_layers: int, cross_layers: int) -> 
     return p
 
 
+def run_torch_side(args, module: str, model_name: str, options: dict) -> dict:
+    """``python -m MODULE --torch-side`` under DeepCTR-Torch's interpreter (``args.deepctr_python``), on the first
+    ``args.n`` rows of ``args.data``: the weights (``w/<name>``), gradients (``g/<name>``) and outputs it saved."""
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = os.path.join(tmp, "torch.npz")
+        opts = {"n": args.n, "dim": args.dim, **options, "seed": args.seed, "threads": args.threads}
+        cmd = [args.deepctr_python, "-m", module, "--torch-side", "--model", model_name, "--npz", npz,
+               "--data", args.data, *(x for k, v in opts.items() for x in (f"--{k}", str(v))),
+               "--peer-dir", args.peer_dir]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+        if res.returncode != 0:
+            raise RuntimeError(f"torch side failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        return dict(np.load(npz))
+
+
+def first_batch(ds, n: int) -> dict:
+    """The first ``n`` training rows, the batch both sides compute on."""
+    return {k: np.asarray(getattr(ds.train, k)[:n]) for k in ("dense", "ids", "label")}
+
+
+def mapped_weights_and_grads(w: dict, n_fields: int, to_params, trainer, batch) -> tuple[dict, dict]:
+    """The torch side's weights and gradients as mlet_jax parameter trees (``to_params(tree, n_fields, n_layers,
+    cross_layers)``; a gradient torch did not produce is zero); the weights' shapes must be ``trainer``'s."""
+    import jax  # see compare()
+
+    n_layers = len([k for k in w if k.startswith("w/dnn.linears.") and k.endswith(".weight")])
+    cross = w["w/crossnet.kernels"].shape[0] if "w/crossnet.kernels" in w else 0
+    params = to_params(w, n_fields, n_layers, cross)
+    ref = jax.tree_util.tree_map(lambda x: x.shape, trainer.init_params(0, batch))
+    got = jax.tree_util.tree_map(lambda x: x.shape, params)
+    if ref != got:
+        raise ValueError(f"parameter trees differ:\n mlet_jax {ref}\n mapped   {got}")
+    # gradients of the summed loss, mapped the same way as the weights (torch's "g/<name>" -> "w/<name>")
+    grads = to_params({"w/" + k[2:]: v for k, v in w.items() if k.startswith("g/")} | {
+        k: np.zeros_like(v) for k, v in w.items() if k.startswith("w/") and "g/" + k[2:] not in w},
+        n_fields, n_layers, cross)
+    return params, grads
+
+
+def grad_rel_per_leaf(g_jax, g_torch) -> dict[str, float]:
+    """Per parameter: ``max |ours - torch's| / max |torch's|``."""
+    import jax  # see compare()
+
+    return {jax.tree_util.keystr(path): float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-30))
+            for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_jax), jax.tree_util.tree_leaves(g_torch),
+                                    strict=True)}
+
+
 def compare(args, model_name: str) -> dict:
     # jax and mlet_jax are imported here, not at the top: the --torch-side half of this script runs under
     # DeepCTR-Torch's interpreter, which has neither.
@@ -112,37 +160,16 @@ def compare(args, model_name: str) -> dict:
     from mlet_jax.optim import OptimizerSpec
     from mlet_jax.training import TrainConfig, Trainer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        npz = os.path.join(tmp, "torch.npz")
-        cmd = [args.deepctr_python, "-m", "benchmarks.parity_deepctr", "--torch-side", "--model", model_name,
-               "--npz", npz, "--data", args.data, "--n", str(args.n), "--dim", str(args.dim), "--lr", str(args.lr),
-               "--seed", str(args.seed), "--threads", str(args.threads), "--peer-dir", args.peer_dir]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
-        if res.returncode != 0:
-            raise RuntimeError(f"torch side failed ({res.returncode}):\n{res.stderr[-3000:]}")
-        w = dict(np.load(npz))
+    w = run_torch_side(args, "benchmarks.parity_deepctr", model_name, {"lr": args.lr})
     ds = load_dataset("arrays", args.data)
-    batch = {k: np.asarray(getattr(ds.train, k)[: args.n]) for k in ("dense", "ids", "label")}
+    batch = first_batch(ds, args.n)
     spec = EmbeddingSpec(kind="single", dim=args.dim, table_init="normal", table_std=1e-4)
     net = build_model(model_name.lower(), ds.schema, spec)
     trainer = Trainer(net, TrainConfig(optimizer=OptimizerSpec("adagrad", args.lr), loss_reduction="sum"))
-    n_layers = len([k for k in w if k.startswith("w/dnn.linears.") and k.endswith(".weight")])
-    cross = w["w/crossnet.kernels"].shape[0] if "w/crossnet.kernels" in w else 0
-    params = to_mlet_params(w, len(ds.schema.vocab_sizes), n_layers, cross)
-    ref = jax.tree_util.tree_map(lambda x: x.shape, trainer.init_params(0, batch))
-    got = jax.tree_util.tree_map(lambda x: x.shape, params)
-    if ref != got:
-        raise ValueError(f"parameter trees differ:\n mlet_jax {ref}\n mapped   {got}")
+    params, g_torch = mapped_weights_and_grads(w, len(ds.schema.vocab_sizes), to_mlet_params, trainer, batch)
     state = trainer.init(0, batch, params=jax.tree_util.tree_map(np.float32, params))
     before = np.asarray(trainer.eval_step(state.params, batch), np.float64)
-    # gradients of the summed loss, mapped the same way as the weights (torch's "g/<name>" -> "w/<name>")
-    g_torch = to_mlet_params({"w/" + k[2:]: v for k, v in w.items() if k.startswith("g/")} | {
-        k: np.zeros_like(v) for k, v in w.items() if k.startswith("w/") and "g/" + k[2:] not in w},
-        len(ds.schema.vocab_sizes), n_layers, cross)
-    g_jax = jax.grad(lambda p: trainer.loss_and_logits(p, batch)[0])(state.params)
-    grad_rel = {jax.tree_util.keystr(path): float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-30))
-                for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_jax),
-                                        jax.tree_util.tree_leaves(g_torch), strict=True)}
+    grad_rel = grad_rel_per_leaf(jax.grad(lambda p: trainer.loss_and_logits(p, batch)[0])(state.params), g_torch)
     state, m = trainer.train_step(state, batch)
     after = np.asarray(trainer.eval_step(state.params, batch), np.float64)
 

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
-from benchmarks.common import DEEPCTR_PYTHON_ENV, PEER_BENCH_ENV, PEER_DATA_ENV, REPO, add_external_path, require_path
+from benchmarks.common import DEEPCTR_PYTHON_ENV, PEER_BENCH_ENV, PEER_DATA_ENV, add_external_path, require_path
+from benchmarks.parity_deepctr import first_batch, grad_rel_per_leaf, mapped_weights_and_grads, run_torch_side
 from benchmarks.parity_deepctr import to_mlet_params as single_params
 
 
@@ -91,35 +89,16 @@ def compare(args, model_name: str) -> dict:
     from mlet_jax.optim import OptimizerSpec
     from mlet_jax.training import TrainConfig, Trainer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        npz = os.path.join(tmp, "torch.npz")
-        cmd = [args.deepctr_python, "-m", "benchmarks.parity_mlet", "--torch-side", "--model", model_name,
-               "--npz", npz, "--data", args.data, "--n", str(args.n), "--dim", str(args.dim), "--k", str(args.k),
-               "--seed", str(args.seed), "--threads", str(args.threads), "--peer-dir", args.peer_dir]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
-        if res.returncode != 0:
-            raise RuntimeError(f"torch side failed ({res.returncode}):\n{res.stderr[-3000:]}")
-        w = dict(np.load(npz))
+    w = run_torch_side(args, "benchmarks.parity_mlet", model_name, {"k": args.k})
     ds = load_dataset("arrays", args.data)
-    batch = {k: np.asarray(getattr(ds.train, k)[: args.n]) for k in ("dense", "ids", "label")}
+    batch = first_batch(ds, args.n)
     spec = EmbeddingSpec(kind="mlet", dim=args.dim, inner_dim=args.k, projection_std=0.5)
     net = build_model(model_name.lower(), ds.schema, spec)
     trainer = Trainer(net, TrainConfig(optimizer=OptimizerSpec("adagrad", 0.02), loss_reduction="sum"))
-    n_layers = len([k for k in w if k.startswith("w/dnn.linears.") and k.endswith(".weight")])
-    cross = w["w/crossnet.kernels"].shape[0] if "w/crossnet.kernels" in w else 0
-    f = len(ds.schema.vocab_sizes)
-    params = to_mlet_params(w, f, n_layers, cross)
-    ref = jax.tree_util.tree_map(lambda x: x.shape, trainer.init_params(0, batch))
-    got = jax.tree_util.tree_map(lambda x: x.shape, params)
-    if ref != got:
-        raise ValueError(f"parameter trees differ:\n mlet_jax {ref}\n mapped   {got}")
+    params, g_torch = mapped_weights_and_grads(w, len(ds.schema.vocab_sizes), to_mlet_params, trainer, batch)
     params = jax.tree_util.tree_map(np.float32, params)
     (loss, logits), g_jax = jax.value_and_grad(lambda p: trainer.loss_and_logits(p, batch), has_aux=True)(params)
-    g_torch = to_mlet_params({"w/" + k[2:]: v for k, v in w.items() if k.startswith("g/")} | {
-        k: np.zeros_like(v) for k, v in w.items() if k.startswith("w/") and "g/" + k[2:] not in w}, f, n_layers, cross)
-    grad_rel = {jax.tree_util.keystr(path): float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-30))
-                for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_jax),
-                                        jax.tree_util.tree_leaves(g_torch), strict=True)}
+    grad_rel = grad_rel_per_leaf(g_jax, g_torch)
     lg = np.asarray(logits, np.float64)
     # DeepCTR-Torch's loss is BCE on float32 sigmoid probabilities, log clamped at -100: a row whose sigmoid rounds
     # to exactly 1 costs 100 (not its logit) and gets no gradient. Both effects, recomputed from our logits:
@@ -134,9 +113,7 @@ def compare(args, model_name: str) -> dict:
     weight = (pq / np.maximum(pq, np.float32(1e-12))).astype(np.float32)
     live = weight == 1
     g_live = jax.grad(lambda p: _weighted_loss(trainer, p, batch, weight))(params)
-    grad_rel_live = max(float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-30))
-                        for a, b in zip(jax.tree_util.tree_leaves(g_live), jax.tree_util.tree_leaves(g_torch),
-                                        strict=True))
+    grad_rel_live = max(grad_rel_per_leaf(g_live, g_torch).values())
     rec = {"model": model_name, "kind": "mlet", "n": args.n, "d": args.dim, "k": args.k,
            "logits_rel": float(np.max(np.abs(lg - w["logits"])) / np.max(np.abs(w["logits"]))),
            "max_abs_logit": float(np.max(np.abs(lg))), "saturated_rows": int((~live).sum()),
