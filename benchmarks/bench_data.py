@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.common import machine, timed
+from benchmarks.pandas_criteo import pandas_criteo
 from mlet_jax.data import batches
 from mlet_jax.data.registry import prepare
 
@@ -54,33 +55,6 @@ def generate(path: str, rows: int, seed: int = 0, chunk: int = 500_000) -> None:
                 s = pools[i].gather(r)
                 cols[f"C{i + 1}"] = s.set(pl.Series(rng.random(m) < 0.1), None)
             pl.DataFrame(cols).write_csv(fh, separator="\t", include_header=False, null_value="")
-
-
-def pandas_pipeline(path: str, out: str) -> int:
-    import pandas as pd
-
-    dense_cols = [f"I{i}" for i in range(1, 14)]
-    cat_cols = [f"C{i}" for i in range(1, 27)]
-    df = pd.read_csv(path, sep="\t", header=None, names=["label", *dense_cols, *cat_cols],
-                     dtype={"label": np.int64, **dict.fromkeys(dense_cols, np.float64), **dict.fromkeys(cat_cols, str)},
-                     keep_default_na=False, na_values={c: [""] for c in dense_cols})
-    n = len(df)
-    dense = np.log1p(df[dense_cols].fillna(0).clip(lower=0).to_numpy()).astype(np.float32)
-    per = n // 7
-    train_end, test_end = n - per, n - per + -(-per // 2)
-    ids = np.empty((n, 26), np.int32)
-    for j, c in enumerate(cat_cols):
-        col = df[c]
-        vc = col.iloc[:train_end].value_counts()
-        mapping = pd.Series(np.arange(1, len(vc) + 1, dtype=np.int32), index=vc.index)
-        ids[:, j] = col.map(mapping).fillna(0).to_numpy().astype(np.int32)
-    label = df["label"].to_numpy().astype(np.float32)
-    os.makedirs(out, exist_ok=True)
-    for nm, sl in (("train", slice(0, train_end)), ("test", slice(train_end, test_end)), ("valid", slice(test_end, n))):
-        np.save(os.path.join(out, f"{nm}_ids.npy"), ids[sl])
-        np.save(os.path.join(out, f"{nm}_dense.npy"), dense[sl])
-        np.save(os.path.join(out, f"{nm}_label.npy"), label[sl])
-    return n
 
 
 def main(argv=None) -> dict:
@@ -115,7 +89,7 @@ def main(argv=None) -> dict:
     try:
         import pandas as pd
 
-        n, pd_s = timed(pandas_pipeline, path, os.path.join(args.workdir, "pandas_out"))
+        n, pd_s = timed(pandas_criteo, path, os.path.join(args.workdir, "pandas_out"))
         assert n == args.rows
         res |= {"pandas": pd.__version__, "pandas_s": round(pd_s, 2), "pandas_rows_per_s": round(args.rows / pd_s),
                 "speedup": round(pd_s / ours, 2)}

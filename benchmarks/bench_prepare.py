@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from benchmarks.pandas_criteo import pandas_criteo
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -88,31 +90,6 @@ def ours(dataset: str, path: str, cache: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- pandas pipelines
-
-
-def pandas_criteo(path: str, out: str) -> int:
-    import pandas as pd
-
-    dense_cols = [f"I{i}" for i in range(1, 14)]
-    cat_cols = [f"C{i}" for i in range(1, 27)]
-    df = pd.read_csv(path, sep="\t", header=None, names=["label", *dense_cols, *cat_cols],
-                     dtype={"label": np.int64, **dict.fromkeys(dense_cols, np.float64),
-                            **dict.fromkeys(cat_cols, str)},
-                     keep_default_na=False, na_values={c: [""] for c in dense_cols})
-    n = len(df)
-    dense = np.log1p(df[dense_cols].fillna(0).clip(lower=0).to_numpy()).astype(np.float32)
-    per = n // 7
-    train_end, test_end = n - per, n - per + -(-per // 2)
-    ids = np.empty((n, 26), np.int32)
-    for j, c in enumerate(cat_cols):
-        col = df[c]
-        vc = col.iloc[:train_end].value_counts()
-        mapping = pd.Series(np.arange(1, len(vc) + 1, dtype=np.int32), index=vc.index)
-        ids[:, j] = col.map(mapping).fillna(0).to_numpy().astype(np.int32)
-    label = df["label"].to_numpy().astype(np.float32)
-    _save(out, ids, dense, label, {"train": slice(0, train_end), "test": slice(train_end, test_end),
-                                   "valid": slice(test_end, n)})
-    return n
 
 
 def pandas_avazu(path: str, out: str) -> int:
