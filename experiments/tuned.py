@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from experiments.common import pyplot, quick_plan, save_figure
+from experiments.common import key_value, pyplot, quick_plan, save_figure
 from mlet_jax.data.registry import load_dataset
 from mlet_jax.io import atomic_write_text
 from mlet_jax.models.presets import paper_embedding, paper_optimizer
@@ -361,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--search-seed", type=int, default=0)
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--prefix", default="tuned", help="output name prefix (e.g. tuned_ml100k)")
@@ -370,15 +370,7 @@ def parser() -> argparse.ArgumentParser:
 
 def plan_from_args(p: argparse.ArgumentParser, a) -> TunedPlan:
     opts = dict(QUICK_DATA) if a.dataset == "synthetic" else {}
-    for kv in a.data_option:
-        if "=" not in kv:
-            p.error(f"argument --data-option: expected KEY=VALUE, got {kv!r}")
-        key, v = kv.split("=", 1)
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            pass
-        opts[key.replace("-", "_")] = tuple(v) if isinstance(v, list) else v
+    opts.update(a.data_option)
     if a.dataset != "synthetic" and not a.data_dir:
         p.error(f"argument --data-dir: --dataset {a.dataset} needs its cache folder")
     if a.data_dir and not os.path.isdir(a.data_dir):

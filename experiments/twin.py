@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from experiments.common import pyplot, save_figure
+from experiments.common import key_value, pyplot, save_figure
 from experiments.tuned import paired, previous, verdict
 from mlet_jax.data.base import batches
 from mlet_jax.data.registry import load_dataset
@@ -436,20 +436,6 @@ def plan_from_tuned(path: str, base: TwinPlan) -> TwinPlan:
                                source=f"tuned winner of {os.path.basename(path)}")
 
 
-def _options(p, items):
-    out = {}
-    for kv in items:
-        if "=" not in kv:
-            p.error(f"argument --data-option: expected KEY=VALUE, got {kv!r}")
-        key, v = kv.split("=", 1)
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            pass
-        out[key.replace("-", "_")] = tuple(v) if isinstance(v, list) else v
-    return out.items()
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
@@ -463,7 +449,7 @@ def main(argv=None):
     p.add_argument("--table-lr-mult", type=float, default=1.0)
     p.add_argument("--projection-std", type=float, default=0.25)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option (JSON values), e.g. valid_fraction=0.1; replaces the quick sizes")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-dir", default=None)
@@ -477,7 +463,7 @@ def main(argv=None):
         base = TwinPlan(model=a.model, d=a.d, k=a.k, lr=a.lr, table_lr_mult=a.table_lr_mult,
                         projection_std=a.projection_std, seeds=a.seeds, dataset=a.dataset, data_dir=a.data_dir,
                         **({} if a.dataset == "synthetic" and not a.data_option else
-                           {"data_options": tuple(sorted(_options(p, a.data_option)))}),
+                           {"data_options": tuple(sorted(dict(a.data_option).items()))}),
                         **({} if a.model == "dlrm" else {"model_options": ()}))
         plan = plan_from_tuned(a.from_tuned, base) if a.from_tuned else base
     except (ValueError, KeyError) as e:
