@@ -202,8 +202,7 @@ def parse_plan_cli(doc: str, argv=None) -> tuple[argparse.Namespace, Plan, dict]
     add_plan_args(p)
     a = p.parse_args(argv)
     try:  # before any training: an experiment writes only into its own folders (mlet_jax.io's rule)
-        earlier = any(os.path.exists(os.path.join(a.out, f)) for f in EARLIER_OUTPUT_FILES)
-        claim_output_dir(a.out, "--out", writes=tuple(os.listdir(a.out)) if earlier else ())
+        claim_output_dir(a.out, "--out", signs=EARLIER_OUTPUT_FILES)
     except (ValueError, OutputExistsError) as e:
         p.error(str(e))
     return a, plan_from_args(a), {"shard": shard_from_args(a), "train": not a.analyze_only}

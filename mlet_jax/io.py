@@ -66,25 +66,31 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     return out
 
 
-def check_output_dir(path: str | os.PathLike, what: str = "output folder", writes: tuple[str, ...] = ()) -> Path:
-    """Fail unless ``path`` is missing, empty, or an output folder of ours: it holds :data:`OUTPUT_MARKER`, or
-    only files named in ``writes`` (those the writer itself produces: an earlier run's, from before the marker)."""
+def check_output_dir(path: str | os.PathLike, what: str = "output folder", writes: tuple[str, ...] = (),
+                     signs: tuple[str, ...] = ()) -> Path:
+    """Fail unless ``path`` is missing, empty, or an output folder of ours: it holds :data:`OUTPUT_MARKER`, or (an
+    earlier run's, from before the marker) only files named in ``writes``, or one of the files named in ``signs``
+    (those only this writer produces)."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a file; give a folder")
-    earlier_run = out.is_dir() and bool(writes) and all(p.name in writes for p in out.iterdir())
-    if out.is_dir() and any(out.iterdir()) and not (out / OUTPUT_MARKER).exists() and not earlier_run:
-        raise OutputExistsError(f"{what} {str(path)!r} holds files mlet_jax did not write; they are left as they "
-                                "are: give a missing or empty folder")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        ours = (not names or OUTPUT_MARKER in names or (bool(writes) and names <= set(writes))
+                or bool(names & set(signs)))
+        if not ours:
+            raise OutputExistsError(f"{what} {str(path)!r} holds files mlet_jax did not write; they are left as "
+                                    "they are: give a missing or empty folder")
     parent = out.absolute().parent
     if not out.exists() and not os.access(_existing_ancestor(parent), os.W_OK):
         raise ValueError(f"{what} {str(path)!r} cannot be created: {str(parent)!r} is not writable")
     return out
 
 
-def claim_output_dir(path: str | os.PathLike, what: str = "output folder", writes: tuple[str, ...] = ()) -> Path:
+def claim_output_dir(path: str | os.PathLike, what: str = "output folder", writes: tuple[str, ...] = (),
+                     signs: tuple[str, ...] = ()) -> Path:
     """:func:`check_output_dir`, then create the folder and mark it as ours."""
-    out = check_output_dir(path, what, writes)
+    out = check_output_dir(path, what, writes, signs)
     out.mkdir(parents=True, exist_ok=True)
     (out / OUTPUT_MARKER).write_text("written by mlet_jax; its runs may replace the files here\n")
     return out
