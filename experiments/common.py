@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlet_jax.data.registry import load_dataset
-from mlet_jax.io import OutputExistsError, atomic_write_text, claim_output_dir
+from mlet_jax.io import OutputExistsError, atomic_write_text, check_output_dir, claim_output_dir
 from mlet_jax.train import RunConfig
 from mlet_jax.train import parse_kv as key_value  # the train CLI's KEY=VALUE parser (JSON values), so both read alike
 
@@ -202,10 +202,12 @@ def parse_plan_cli(doc: str, argv=None) -> tuple[argparse.Namespace, Plan, dict]
     add_plan_args(p)
     a = p.parse_args(argv)
     try:  # before any training: an experiment writes only into its own folders (mlet_jax.io's rule)
-        claim_output_dir(a.out, "--out", signs=EARLIER_OUTPUT_FILES)
+        check_output_dir(a.out, "--out", signs=EARLIER_OUTPUT_FILES)
     except (ValueError, OutputExistsError) as e:
         p.error(str(e))
-    return a, plan_from_args(a), {"shard": shard_from_args(a), "train": not a.analyze_only}
+    plan, shard = plan_from_args(a), shard_from_args(a)
+    claim_output_dir(a.out, "--out", signs=EARLIER_OUTPUT_FILES)  # only once every argument is known to be good
+    return a, plan, {"shard": shard, "train": not a.analyze_only}
 
 
 def shard_from_args(args) -> tuple[int, int]:

@@ -181,11 +181,15 @@ def test_mean_std_is_the_sample_spread():
     assert common.mean_std([0.7]) == (0.7, 0.0)
 
 
-def test_data_options_parse_as_the_train_command_line(capsys):
-    _, plan, kw = common.parse_plan_cli("doc", ["--out", "x", "--data-option", "vocab_sizes=[3,4]",
+def test_data_options_parse_as_the_train_command_line(capsys, tmp_path):
+    x = str(tmp_path / "x")
+    _, plan, kw = common.parse_plan_cli("doc", ["--out", x, "--data-option", "vocab_sizes=[3,4]",
                                                 "--data-option", "n-train=100", "--data-option", "name=abc"])
     assert dict(plan.data_options) == {"vocab_sizes": (3, 4), "n_train": 100, "name": "abc"}
     assert kw == {"shard": (0, 1), "train": True}
     with pytest.raises(SystemExit) as e:
-        common.parse_plan_cli("doc", ["--out", "x", "--data-option", "noequals"])
+        common.parse_plan_cli("doc", ["--out", str(tmp_path / "y"), "--data-option", "noequals"])
     assert e.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        common.parse_plan_cli("doc", ["--out", str(tmp_path / "y"), "--shard", "3/2"])
+    assert not (tmp_path / "y").exists()  # a refused command line leaves nothing behind
