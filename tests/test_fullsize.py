@@ -106,8 +106,10 @@ def test_generate_cli_usage_errors(tmp_path, capsys):
 
 @pytest.fixture
 def many_blocks(monkeypatch):
-    """Force finalize into many blocks, counting merges and the sorted-lookup path."""
+    """Force finalize into many blocks and its key tables through many doublings (and fit_vocab_blocks, Vocab into
+    their counting merges and sorted-lookup path)."""
     monkeypatch.setattr(_build, "_BLOCK_ROWS", 700)
+    monkeypatch.setattr(_build, "_TABLE_SLOTS", 2)
     monkeypatch.setattr(_build, "_MERGE_ROWS", 50)
     monkeypatch.setattr(_build, "_SORTED_LOOKUP", 40)
 
@@ -210,6 +212,23 @@ def test_fit_vocab_blocks_equals_fit_vocab():
     np.testing.assert_array_equal(a.lookup(q), b.lookup(q))
     with pytest.raises(ValueError, match="min_count"):
         _build.fit_vocab_blocks([keys], min_count=0)
+
+
+def test_key_table_codes_match_a_dict():
+    """KeyTable: codes in order of insertion, -1 for absent keys, through collisions and many doublings (any int64,
+    including 0, -1 and the smallest)."""
+    rng = np.random.default_rng(1)
+    table, ref = _build.KeyTable(2), {}
+    for _ in range(30):
+        x = np.concatenate([rng.integers(-5, 50, 200), rng.integers(-2**62, 2**62, int(rng.integers(0, 3000))),
+                            [np.iinfo(np.int64).min, 0, -1]])
+        np.testing.assert_array_equal(table.find(x), [ref.get(int(k), -1) for k in x])
+        new = np.unique(x[table.find(x) < 0])
+        table.add(new)
+        ref.update({int(k): len(ref) + i for i, k in enumerate(new)})
+        np.testing.assert_array_equal(table.find(x), [ref[int(k)] for k in x])
+    assert table.n == len(ref) > 40_000 and len(table._slot_code) >= 2 * table.n
+    np.testing.assert_array_equal(table.keys[:table.n], list(ref))
 
 
 # ------------------------------------------------------------------------------------------------------- slow

@@ -6,9 +6,13 @@ files so that the file never has to fit in memory. :func:`finalize` then fits on
 training rows and writes the split arrays of the cache, block by block.
 
 Memory does not grow with the rows of the file (issue 16): the raw columns are read back in blocks with plain reads
-(never memory-mapped, whose touched pages would count as resident), vocabularies are counted block by block into a
-(key, count) table per field, and the split arrays are written with positioned writes. What is held is per distinct
-value (``STATE_BYTES_PER_VALUE``) plus the split codes (1 byte per row) and one block.
+(never memory-mapped, whose touched pages would count as resident), and the split arrays are written with positioned
+writes. Vocabularies are fitted one field at a time in one pass over its keys: a :class:`KeyTable` (a vectorized
+open-addressing hash table) gives every distinct key a provisional code in order of first appearance, the training
+rows' codes are counted into an array indexed by code, and each row's code is written to disk (4 bytes, replacing
+its 8-byte key); the final ids (decreasing count, ties by increasing key) are then one permutation of the codes, so
+writing the splits is a gather ``perm[code]`` per field instead of a search. What is held is per distinct value
+(``STATE_BYTES_PER_VALUE``) plus the split codes (1 byte per row) and one block.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ MISSING_KEY = -1
 TRAIN, VALID, TEST = 0, 1, 2
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
 _MASK63 = np.uint64((1 << 63) - 1)
-# Held per distinct training value while finalize runs: the counting table (int64 key + int64 count, twice during a
-# merge), the Vocab (key, sorted key: 2 x int64, id: int32) and the id_counts entry (int64).
-STATE_BYTES_PER_VALUE = 16 * 2 + 20 + 8
+# Held per distinct value while finalize fits one field: its KeyTable (int64 key + int32 code per slot, 2-4 slots per
+# value: 24-48 bytes; the keys by code and the counts, int64 each with up to 2x spare: 32 bytes); held for every field
+# until the splits are written: the code -> id permutation (int32), the vocabulary keys (int64), id_counts (int64).
+STATE_BYTES_PER_VALUE = 48 + 32 + 20
 _BLOCK_ROWS = 1 << 19        # rows per block read back, counted, looked up and written by finalize
-_MERGE_ROWS = 1 << 22        # counting: merge pending block tables once they hold this many (or the table's) rows
-_SORTED_LOOKUP = 1 << 16     # vocabularies larger than this look up a block's distinct keys (sorted) only
+_MERGE_ROWS = 1 << 22        # fit_vocab_blocks: merge pending block tables once they hold this many (or the table's) rows
+_SORTED_LOOKUP = 1 << 16     # Vocab.lookup: vocabularies larger than this look up a block's distinct keys (sorted) only
+_TABLE_SLOTS = 1 << 12       # KeyTable: initial slots (a power of two; doubled whenever it would pass half full)
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)   # Fibonacci hashing: the top bits of key * 2^64 / golden ratio
 
 
 def string_keys(values: pl.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -236,6 +243,87 @@ def _merge_counts(acc: pl.DataFrame | None, pending: list[pl.DataFrame]) -> pl.D
     return pl.concat(parts).group_by("k").agg(pl.col("len").sum())
 
 
+class KeyTable:
+    """Distinct int64 keys -> provisional codes 0, 1, ... in order of insertion: a vectorized open-addressing hash
+    table (linear probing, at most half full), for the keys of one field while its vocabulary is fitted.
+
+    Every operation is numpy over a whole block: a probe round gathers the slots of all keys still unresolved, so a
+    block costs a few passes (most keys resolve at their home slot) instead of a sort or a search per key.
+    """
+
+    def __init__(self, slots: int = 0):
+        slots = max(int(slots or _TABLE_SLOTS), 2)
+        self.n = 0
+        self.keys = np.zeros(0, np.int64)       # key of each code (capacity grows by doubling; valid: [:n])
+        self._alloc(1 << (slots - 1).bit_length())
+
+    def _alloc(self, slots: int) -> None:
+        self._bits = slots.bit_length() - 1
+        self._slot_key = np.zeros(slots, np.int64)
+        self._slot_code = np.full(slots, -1, np.int32)   # -1: empty
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return ((keys.view(np.uint64) * _HASH_MULT) >> np.uint64(64 - self._bits)).astype(np.intp)
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """int32 code of each key, -1 where absent."""
+        keys = np.ascontiguousarray(keys, np.int64)
+        mask = (1 << self._bits) - 1
+        s = self._home(keys)
+        code, sk = self._slot_code[s], self._slot_key[s]
+        hit = sk == keys
+        out = np.where(hit, code, -1).astype(np.int32, copy=False)
+        todo = np.flatnonzero(~hit & (code >= 0))     # home slot held by another key: probe on
+        st, kt = s[todo], keys[todo]
+        while len(todo):
+            st = (st + 1) & mask
+            code, sk = self._slot_code[st], self._slot_key[st]
+            hit = sk == kt
+            out[todo[hit]] = code[hit]
+            go = ~hit & (code >= 0)
+            todo, st, kt = todo[go], st[go], kt[go]
+        return out
+
+    def add(self, keys: np.ndarray) -> None:
+        """Insert distinct keys none of which is in the table yet; they get the next codes in their order."""
+        keys = np.ascontiguousarray(keys, np.int64)
+        m = len(keys)
+        if m == 0:
+            return
+        need = self.n + m
+        if len(self.keys) < need:
+            grown = np.empty(max(need, 2 * len(self.keys)), np.int64)
+            grown[:self.n] = self.keys[:self.n]
+            self.keys = grown
+        self.keys[self.n:need] = keys
+        if 2 * need > len(self._slot_code):               # rehash everything into a table at most half full
+            slots = len(self._slot_code)
+            while 2 * need > slots:
+                slots *= 2
+            self._alloc(slots)
+            self._place(self.keys[:need], np.arange(need, dtype=np.int32))
+        else:
+            self._place(keys, np.arange(self.n, need, dtype=np.int32))
+        self.n = need
+
+    def _place(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        mask = (1 << self._bits) - 1
+        s = self._home(keys)
+        todo = np.arange(len(keys))
+        while len(todo):
+            st = s[todo]
+            free = self._slot_code[st] < 0
+            cand, cs = todo[free], st[free]
+            self._slot_code[cs] = codes[cand]           # several keys may claim one slot: one of them lands
+            won = self._slot_code[cs] == codes[cand]
+            self._slot_key[cs[won]] = keys[cand[won]]
+            placed = np.zeros(len(todo), bool)
+            placed[np.flatnonzero(free)[won]] = True
+            todo = todo[~placed]
+            s[todo] = (s[todo] + 1) & mask               # the slot tried is now taken: the next one
+
+
 def per_field(option, name: str, default):
     """An option given for all fields (scalar) or per field name (mapping)."""
     if isinstance(option, Mapping):
@@ -279,6 +367,82 @@ def check_splits(codes: np.ndarray, label: np.ndarray | RawStore, source: str, s
                                           f"model needs both classes in every split{label_hint}")
 
 
+@dataclasses.dataclass
+class _Fitted:
+    """One field's vocabulary as finalize fits it: ``keys[i]`` is the key of id i+1; ``perm[code]`` the id of each
+    provisional code (0: out of vocabulary) for the codes written to ``codes_path``; ``id_counts`` per id."""
+
+    keys: np.ndarray
+    perm: np.ndarray
+    id_counts: np.ndarray
+    codes_path: str
+
+    @property
+    def size(self) -> int:
+        return len(self.keys) + 1
+
+
+def _grow(counts: np.ndarray | None, n: int) -> np.ndarray | None:
+    if counts is None or len(counts) >= n:
+        return counts
+    out = np.zeros(max(n, 2 * len(counts)), np.int64)
+    out[:len(counts)] = counts
+    return out
+
+
+def _fit_field(store: RawStore, name: str, codes: np.ndarray, block_rows: int, min_count: int,
+               vocab_split: str) -> _Fitted:
+    """One pass over a field's keys: provisional codes (written to disk in place of the keys), training counts per
+    code; then the ids 1.. by decreasing count (ties: increasing key) among codes seen ``min_count`` times, as
+    :func:`fit_vocab` gives them."""
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    table = KeyTable()
+    counts = np.zeros(0, np.int64)                                  # the vocabulary's counts (train or all rows)
+    train = np.zeros(0, np.int64) if vocab_split == "all" else None  # training counts, for id_counts
+    path = store._path(f"{name}.codes")
+    with open(path, "wb") as fh:
+        for lo in range(0, store.n, block_rows):
+            x = store.chunk(name, lo, lo + block_rows)
+            c = table.find(x)
+            miss = np.flatnonzero(c < 0)
+            if len(miss):
+                xm = x[miss]
+                table.add(pl.Series(xm).unique().to_numpy())
+                c[miss] = table.find(xm)
+            counts, train = _grow(counts, table.n), _grow(train, table.n)
+            cc = codes[lo:lo + len(x)]
+            in_train = c if (cc == TRAIN).all() else c[cc == TRAIN]
+            if train is not None:
+                np.add.at(counts, c, 1)
+                np.add.at(train, in_train, 1)
+            else:
+                np.add.at(counts, in_train, 1)
+            fh.write(c.tobytes())
+    n, keys = table.n, table.keys
+    del table
+    counts = counts[:n]
+    train = counts if train is None else train[:n]
+    sel = np.flatnonzero(counts >= min_count)
+    order = pl.DataFrame({"len": counts[sel], "k": keys[:n][sel], "i": sel}).sort(
+        ["len", "k"], descending=[True, False])["i"].to_numpy()
+    perm = np.zeros(n, np.int32)
+    perm[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    id_counts = np.empty(len(order) + 1, np.int64)
+    id_counts[1:] = train[order]
+    id_counts[0] = int(train.sum()) - int(id_counts[1:].sum())
+    os.remove(store._path(name))           # the codes replace the keys (disk: 4 bytes per row instead of 8)
+    return _Fitted(keys[order].copy(), perm, id_counts, path)
+
+
+def _read_codes(fitted: _Fitted, lo: int, hi: int) -> np.ndarray:
+    out = np.fromfile(fitted.codes_path, dtype=np.int32, count=hi - lo, offset=lo * 4) if hi > lo \
+        else np.zeros(0, np.int32)
+    if len(out) != hi - lo:
+        raise OSError(f"{fitted.codes_path}: short read ({len(out)} of {hi - lo} values)")
+    return out
+
+
 def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_count=1, hash_buckets=None,
              vocab_split: str = "train", bag_pooling: str = "sum", block_rows: int | None = None,
              progress: bool = False) -> tuple[Schema, dict]:
@@ -302,7 +466,7 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
     codes = np.asarray(codes, np.uint8)
     if len(codes) != n:
         raise ValueError(f"codes has {len(codes)} rows, the store {n}")
-    vocabs: dict[str, Vocab] = {}
+    vocabs: dict[str, Vocab | _Fitted] = {}
     for f in store.fields:
         if f.kind != "key":
             continue
@@ -312,10 +476,8 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
                 raise ValueError(f"hash_buckets for {f.name!r} must be >= 1, got {r}")
             vocabs[f.name] = Vocab(np.zeros(0, np.int64), hash_buckets=int(r))
             continue
-        blocks = store.chunks(f.name, block_rows)
-        if vocab_split == "train":
-            blocks = (x[codes[i * block_rows:i * block_rows + len(x)] == TRAIN] for i, x in enumerate(blocks))
-        vocabs[f.name] = fit_vocab_blocks(blocks, int(per_field(min_count, f.name, 1)))
+        vocabs[f.name] = _fit_field(store, f.name, codes, block_rows, int(per_field(min_count, f.name, 1)),
+                                    vocab_split)
     sizes = tuple(vocabs[f.name].size if f.kind == "key" else f.vocab_size for f in store.fields)
     slots = tuple(f.slots for f in store.fields)
     schema = Schema(field_names=tuple(f.name for f in store.fields), vocab_sizes=sizes,
@@ -326,7 +488,9 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
                 "dense": _Appender(writer, f"{nm}_dense", (k, schema.num_dense), np.float32),
                 "label": _Appender(writer, f"{nm}_label", (k,), np.float32)}
            for nm, k in split_n.items() if k > 0 or nm != "valid"}
-    counts = [np.zeros(v, np.int64) for v in sizes]
+    # id_counts of fitted fields come with their vocabulary; the others are counted on the training rows below
+    counts = [vocabs[f.name].id_counts if isinstance(vocabs.get(f.name), _Fitted) else np.zeros(v, np.int64)
+              for f, v in zip(store.fields, sizes)]
     bar = _bar(progress, n, "write cache")
     try:
         for lo in range(0, n, block_rows):
@@ -334,25 +498,28 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
             ids = np.empty((hi - lo, schema.num_slots), np.int32)
             c = 0
             for f in store.fields:
-                x = store.chunk(f.name, lo, hi)
-                ids[:, c:c + f.slots] = (vocabs[f.name].lookup(x) if f.kind == "key" else x).reshape(hi - lo,
-                                                                                                      f.slots)
+                v = vocabs.get(f.name)
+                if isinstance(v, _Fitted):
+                    ids[:, c] = v.perm[_read_codes(v, lo, hi)]
+                else:
+                    x = store.chunk(f.name, lo, hi)
+                    ids[:, c:c + f.slots] = (v.lookup(x) if f.kind == "key" else x).reshape(hi - lo, f.slots)
                 c += f.slots
             dense, label, cc = store.chunk("dense", lo, hi), store.chunk("label", lo, hi), codes[lo:hi]
+            per_split = np.bincount(cc, minlength=len(SPLITS))
             for i, nm in enumerate(SPLITS):
-                if nm not in out:
+                if nm not in out or per_split[i] == 0:
                     continue
-                sel = np.flatnonzero(cc == i)
-                if len(sel) == 0:
-                    continue
+                sel = slice(None) if per_split[i] == hi - lo else np.flatnonzero(cc == i)
                 out[nm]["ids"].append(ids[sel])
                 out[nm]["dense"].append(dense[sel])
                 out[nm]["label"].append(label[sel])
                 if i == TRAIN:
                     c = 0
                     for fi, f in enumerate(store.fields):
-                        x = ids[sel, c:c + f.slots].ravel()
-                        counts[fi] += np.bincount(x[x >= 0], minlength=sizes[fi])
+                        if not isinstance(vocabs.get(f.name), _Fitted):
+                            x = ids[sel, c:c + f.slots].ravel()
+                            counts[fi] += np.bincount(x[x >= 0], minlength=sizes[fi])
                         c += f.slots
             if bar is not None:
                 bar.update(hi - lo)
@@ -367,7 +534,7 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
             if a.rows != split_n[nm]:
                 raise RuntimeError(f"{a.path}: wrote {a.rows} of {split_n[nm]} rows")
     np.save(writer.file("id_counts.npy"), np.concatenate(counts) if counts else np.zeros(0, np.int64))
-    np.savez(writer.file("vocab.npz"), **{k: v.keys for k, v in vocabs.items() if not v.hash_buckets})
+    np.savez(writer.file("vocab.npz"), **{k: v.keys for k, v in vocabs.items() if isinstance(v, _Fitted)})
     return schema, {"splits": {nm: split_n[nm] for nm in out}, "finalize_seconds": round(time.time() - t0, 3)}
 
 
