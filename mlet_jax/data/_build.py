@@ -285,27 +285,33 @@ class KeyTable:
             todo, st, kt = todo[go], st[go], kt[go]
         return out
 
-    def add(self, keys: np.ndarray) -> None:
-        """Insert distinct keys none of which is in the table yet; they get the next codes in their order."""
-        keys = np.ascontiguousarray(keys, np.int64)
-        m = len(keys)
-        if m == 0:
-            return
-        need = self.n + m
+    def _append_keys(self, keys: np.ndarray) -> None:
+        need = self.n + len(keys)
         if len(self.keys) < need:
             grown = np.empty(max(need, 2 * len(self.keys)), np.int64)
             grown[:self.n] = self.keys[:self.n]
             self.keys = grown
         self.keys[self.n:need] = keys
-        if 2 * need > len(self._slot_code):               # rehash everything into a table at most half full
-            slots = len(self._slot_code)
-            while 2 * need > slots:
-                slots *= 2
-            self._alloc(slots)
-            self._place(self.keys[:need], np.arange(need, dtype=np.int32))
-        else:
-            self._place(keys, np.arange(self.n, need, dtype=np.int32))
         self.n = need
+
+    def _rehash(self, need: int) -> None:
+        slots = len(self._slot_code)
+        while 2 * need > slots:
+            slots *= 2
+        self._alloc(slots)
+        self._place(self.keys[:self.n], np.arange(self.n, dtype=np.int32))
+
+    def add(self, keys: np.ndarray) -> None:
+        """Insert distinct keys none of which is in the table yet; they get the next codes in their order."""
+        keys = np.ascontiguousarray(keys, np.int64)
+        if len(keys) == 0:
+            return
+        first = self.n
+        self._append_keys(keys)
+        if 2 * self.n > len(self._slot_code):               # rehash everything into a table at most half full
+            self._rehash(self.n)
+        else:
+            self._place(keys, np.arange(first, self.n, dtype=np.int32))
 
     def _place(self, keys: np.ndarray, codes: np.ndarray) -> None:
         mask = (1 << self._bits) - 1
@@ -406,7 +412,7 @@ def _fit_field(store: RawStore, name: str, codes: np.ndarray, block_rows: int, m
             x = store.chunk(name, lo, lo + block_rows)
             c = table.find(x)
             miss = np.flatnonzero(c < 0)
-            if len(miss):
+            if len(miss):                      # new keys: their distinct values (polars' hash unique), then codes
                 xm = x[miss]
                 table.add(pl.Series(xm).unique().to_numpy())
                 c[miss] = table.find(xm)
@@ -578,17 +584,33 @@ def _bar(progress: bool, total: int, desc: str, unit: str = "row"):
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
 
 
-def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, parse: Callable) -> None:
+def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, parse: Callable,
+                      quick: Callable | None = None) -> None:
     """Split each text block into checked lines, parse them into ``store``, and advance the byte progress bar.
 
     ``split(block)`` returns the block's good lines (``.data``, ``.line_no``); ``parse(lines)`` returns the arrays
-    for :meth:`RawStore.append`. The store and the bar are closed whatever happens.
+    for :meth:`RawStore.append`. ``quick(block)``, if given, returns the block's lines unchecked
+    (:func:`~mlet_jax.data._text.quick_lines`) or None; ``parse`` of those raises
+    :class:`~mlet_jax.data._text.RaggedLines` when they are not whole rows, and the block is then split and parsed
+    the checked way. The store and the bar are closed whatever happens.
     """
+    from mlet_jax.data._text import RaggedLines
+
     try:
         for block in blocks:
-            lines = split(block)
-            if len(lines.line_no):
-                store.append(*parse(lines))
+            arrays = None
+            lines = quick(block) if quick is not None else None
+            if lines is not None:
+                try:
+                    arrays = parse(lines)
+                except RaggedLines:
+                    arrays = None
+            if arrays is None:
+                lines = split(block)
+                if len(lines.line_no):
+                    arrays = parse(lines)
+            if arrays is not None:
+                store.append(*arrays)
             if bar is not None:
                 bar.n = block.bytes_read
                 bar.refresh()

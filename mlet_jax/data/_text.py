@@ -1,7 +1,11 @@
 """Streaming of delimited text files as blocks of whole lines, with exact line numbers.
 
 Plain or gzip (detected by its magic bytes, not the file name). Each block is handed to a columnar parser (polars)
-in one call; the only per-line work is numpy over the block's bytes (field counts, line starts).
+in one call; the only per-line work is numpy over the block's bytes (field counts, line starts). A block whose
+separator count is exactly right for its lines (:func:`quick_lines`) skips the per-line check: polars refuses a line
+with too many fields, so with the total right no line can have too few either; where polars does refuse,
+:func:`read_lines` raises :class:`RaggedLines` and the block goes the checked way (:func:`split_lines`), which names
+the line.
 """
 
 from __future__ import annotations
@@ -84,6 +88,41 @@ class Lines:
 
     data: bytes          # the kept lines (blank lines dropped)
     line_no: np.ndarray  # int64 [n]: 1-based line number of each kept line
+    checked: bool = True  # False: only the block's total field count was checked (quick_lines)
+
+
+class RaggedLines(Exception):
+    """A block from :func:`quick_lines` that polars could not read as whole rows: check it line by line instead."""
+
+
+def quick_lines(block: Block, sep: bytes, n_fields: int) -> Lines | None:
+    """All lines of the block, unchecked, if its separator count is exactly ``n_fields - 1`` per line (else None).
+
+    A blank line or a line with too few fields then implies one with too many elsewhere, which polars refuses
+    (:func:`read_lines` turns that into :class:`RaggedLines`).
+    """
+    buf = np.frombuffer(block.data, np.uint8)
+    lines = int(np.count_nonzero(buf == 10))
+    if n_fields < 2 or int(np.count_nonzero(buf == sep[0])) != (n_fields - 1) * lines:
+        return None
+    return Lines(block.data, block.first_line + np.arange(lines, dtype=np.int64), checked=False)
+
+
+def read_lines(lines: Lines, columns, sep: str):
+    """``lines`` read by polars as strings (one column per name in ``columns``, no quoting); an unchecked block
+    that is not exactly one row per line raises :class:`RaggedLines`."""
+    import polars as pl
+
+    try:
+        df = pl.read_csv(lines.data, has_header=False, separator=sep, quote_char=None,
+                         schema=dict.fromkeys(columns, pl.String))
+    except pl.exceptions.PolarsError:
+        if lines.checked:
+            raise
+        raise RaggedLines from None
+    if not lines.checked and len(df) != len(lines.line_no):
+        raise RaggedLines
+    return df
 
 
 def split_lines(block: Block, path: str, sep: bytes, n_fields: int, bad: BadRows) -> Lines:
