@@ -146,6 +146,28 @@ def test_wrong_column_count(tmp_path, edit):
     assert load(path, tmp_path, on_bad_row="skip").meta["skipped_rows"] == 1
 
 
+@pytest.mark.parametrize("short", ["field", "blank"])
+def test_wrong_column_counts_that_balance_out(tmp_path, short):
+    """A block whose tab count is right in total still has every line checked: one line too long and one too short
+    (or a blank line and a line 39 fields too long) are found, the first one named."""
+    lines = criteo_lines(30, seed=7)
+    lines[4] = lines[4] + "\tx" if short == "field" else lines[4] + "\tx" * 39
+    if short == "field":
+        lines[9] = lines[9].rsplit("\t", 1)[0]
+    else:
+        lines.insert(9, "")
+    path = write(tmp_path / "train.txt", lines)
+    assert open(path, "rb").read().count(b"\t") == 39 * open(path, "rb").read().count(b"\n")
+    with pytest.raises(DataFormatError, match=r"line 5: expected 40 fields.*found (41|79)"):
+        load(path, tmp_path)
+    ds = load(path, tmp_path, on_bad_row="skip")
+    assert ds.meta["skipped_rows"] == (2 if short == "field" else 1) and ds.meta["rows"] == 28 + (short == "blank")
+    ref = load(write(tmp_path / "ref.txt", [ln for i, ln in enumerate(criteo_lines(30, seed=7)) if i not in (4, 9)]
+                     if short == "field" else [ln for i, ln in enumerate(criteo_lines(30, seed=7)) if i != 4]),
+               tmp_path / "r")
+    np.testing.assert_array_equal(ds.train.ids, ref.train.ids)
+
+
 def test_empty_missing_and_truncated_gzip(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         load(tmp_path / "nope.txt", tmp_path)
