@@ -135,8 +135,9 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2):
     return init, jax.jit(step, donate_argnums=(0, 1, 2))
 
 
-def dlrm_trainer(vocab, kind: str, dim: int, inner_dim: int, toy: bool):
-    """mlet_jax's DLRM at the benchmark's shapes, row-sparse SGD lr 0.2 (the library default for SGD)."""
+def dlrm_trainer(vocab, kind: str, dim: int, inner_dim: int, toy: bool, chunk_samples: int | None = None):
+    """mlet_jax's DLRM at the benchmark's shapes, row-sparse SGD lr 0.2 (the library default for SGD);
+    ``chunk_samples``: :attr:`mlet_jax.training.TrainConfig.chunk_samples` (``None``: the library default)."""
     from mlet_jax.embeddings import EmbeddingSpec
     from mlet_jax.models.dlrm import DLRM
     from mlet_jax.optim import OptimizerSpec
@@ -145,7 +146,15 @@ def dlrm_trainer(vocab, kind: str, dim: int, inner_dim: int, toy: bool):
     spec = (EmbeddingSpec("single", dim=dim) if kind == "single" else
             EmbeddingSpec("mlet", dim=dim, inner_dim=inner_dim, projection_std=0.25))
     model = DLRM(vocab_sizes=tuple(vocab), num_dense=NUM_DENSE, embedding=spec, **(TOY_MLPS if toy else FULL_MLPS))
-    return Trainer(model, TrainConfig(optimizer=OptimizerSpec("sgd", 0.2)))
+    return Trainer(model, TrainConfig(optimizer=OptimizerSpec("sgd", 0.2), chunk_samples=chunk_samples))
+
+
+def dlrm_sides(kinds, chunks) -> list[tuple[str, int | None, str]]:
+    """``(kind, chunk_samples, label)`` of every mlet_jax DLRM side: the label is the kind, with ``_chunkN`` (``N``
+    0 for one pass, ``default`` for the library's) when several chunk settings run side by side."""
+    chunks = tuple(chunks) or (None,)
+    return [(k, c, k if len(chunks) == 1 else f"{k}_chunk{'default' if c is None else c}")
+            for k in kinds for c in chunks]
 
 
 class TorchSide:
@@ -191,8 +200,11 @@ def _cost_gflop(compiled) -> float:
 
 def run(*, batches=(1024, 4096), repeats: int = 3, steps: int = 10, n_batches: int = 8, dim: int = 16,
         inner_dim: int = 64, kinds=("single", "mlet"), parts=PARTS, trec_python: str | None = None, threads: int = 2,
-        seed: int = 0, toy: bool = False, ceilings: bool = True, log=print) -> list[dict]:
-    """Run the side-by-side; return one row per (part, batch, side) plus a ceilings row (and print each)."""
+        seed: int = 0, toy: bool = False, ceilings: bool = True, chunks=(None,), log=print) -> list[dict]:
+    """Run the side-by-side; return one row per (part, batch, side) plus a ceilings row (and print each).
+
+    ``chunks``: the DLRM sides' ``TrainConfig.chunk_samples`` settings (``None``: the library default), each a side
+    of its own (:func:`dlrm_sides`), all alternating."""
     import jax
 
     vocab = TOY_VOCAB if toy else VOCAB
@@ -207,15 +219,15 @@ def run(*, batches=(1024, 4096), repeats: int = 3, steps: int = 10, n_batches: i
         np.savez(data_path, **arrays)
         torch = TorchSide(trec_python, data_path, threads) if trec_python else None
         try:
-            rows = _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kinds, parts, torch,
-                        toy, ceilings, log, jax)
+            rows = _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, dlrm_sides(kinds, chunks),
+                        parts, torch, toy, ceilings, log, jax)
         finally:
             if torch is not None:
                 torch.close()
     return rows
 
 
-def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kinds, parts, torch, toy, ceilings, log,
+def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, sides, parts, torch, toy, ceilings, log,
          jax):
     from benchmarks.bench_ceilings import measure
 
@@ -228,16 +240,17 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
         staged = [jax.device_put({"dense": arrays[f"dense_{b}"][i], "ids": arrays[f"ids_{b}"][i],
                                   "label": arrays[f"label_{b}"][i]}) for i in range(n_batches)]
         if "dlrm" in parts:
-            for kind in kinds:
+            for kind, chunk, label in sides:
                 t0 = time.perf_counter()
-                trainer = dlrm_trainer(vocab, kind, dim, inner_dim, toy)
+                trainer = dlrm_trainer(vocab, kind, dim, inner_dim, toy, chunk)
                 state = trainer.init(0, staged[0])
                 compiled = trainer.train_step.lower(state, staged[0]).compile()
                 for i in range(2):  # warm
                     state, _ = compiled(state, staged[i % n_batches])
                 jax.block_until_ready(state)
-                jx["dlrm", kind, b] = [state, compiled, staged, _cost_gflop(compiled), time.perf_counter() - t0]
-                log(f"compiled mlet_jax dlrm {kind} batch {b} in {jx['dlrm', kind, b][4]:.0f} s")
+                jx["dlrm", label, b] = [state, compiled, staged, _cost_gflop(compiled), time.perf_counter() - t0,
+                                        trainer.chunk_samples]
+                log(f"compiled mlet_jax dlrm {label} batch {b} in {jx['dlrm', label, b][4]:.0f} s")
         if "emb" in parts:
             init, step = embedding_step(vocab, b, dim)
             ids = [jax.device_put(arrays[f"ids_{b}"][i]) for i in range(n_batches)]
@@ -275,8 +288,8 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
     for r in range(repeats):
         for b in batches:
             for part in parts:
-                for kind in (kinds if part == "dlrm" else ("single",)):
-                    times.setdefault((part, f"mlet_jax_{kind}", b), []).extend(jax_segment((part, kind, b)))
+                for label in ([s[2] for s in sides] if part == "dlrm" else ["single"]):
+                    times.setdefault((part, f"mlet_jax_{label}", b), []).extend(jax_segment((part, label, b)))
                 if torch is not None:
                     times.setdefault((part, "torchrec", b), []).extend(torch.ask(cmd=part, batch=b, steps=steps)
                                                                        ["times"])
@@ -296,6 +309,8 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, kind
             entry = jx[part, side[len("mlet_jax_"):], b]
             row["gflop_per_step"] = entry[3]
             row["compile_s"] = entry[4]
+            if part == "dlrm":
+                row["chunk_samples"] = entry[5]
             if "jax_matmul_mlp_gflops" in ceil:
                 flop_ms = 1e3 * entry[3] / ceil["jax_matmul_mlp_gflops"]
                 # a random gather and a random scatter-add of every distinct row (the occurrences then read the
@@ -362,6 +377,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toy", action="store_true", help="tiny vocabularies and MLPs (tests)")
     p.add_argument("--no-ceilings", action="store_true")
+    p.add_argument("--chunk-samples", nargs="+", default=None, metavar="N",
+                   help="the DLRM sides' TrainConfig.chunk_samples (0: one pass; 'default': the library's); several "
+                        "values run as sides of their own, alternating (default: the library's)")
     p.add_argument("--out", default=None, help="JSONL output path")
     a = p.parse_args(argv)
     for opt in ("repeats", "steps", "n_batches", "inner_dim", "threads"):
@@ -369,6 +387,11 @@ def main(argv=None) -> list[dict]:
             p.error(f"argument --{opt.replace('_', '-')}: must be >= 1")
     if any(b < 1 for b in a.batches):
         p.error("argument --batches: every batch size must be >= 1")
+    chunks = []
+    for c in a.chunk_samples or ["default"]:
+        if c != "default" and not (c.isdigit()):
+            p.error(f"argument --chunk-samples: {c!r} is neither a number of samples >= 0 nor 'default'")
+        chunks.append(None if c == "default" else int(c))
     if a.out:
         from mlet_jax.io import check_output_file
 
@@ -380,7 +403,7 @@ def main(argv=None) -> list[dict]:
     print(f"machine: {describe(machine())}", flush=True)
     rows = run(batches=tuple(a.batches), repeats=a.repeats, steps=a.steps, n_batches=a.n_batches,
                inner_dim=a.inner_dim, kinds=tuple(a.kinds), parts=tuple(a.parts), trec_python=trec,
-               threads=a.threads, seed=a.seed, toy=a.toy, ceilings=not a.no_ceilings,
+               threads=a.threads, seed=a.seed, toy=a.toy, ceilings=not a.no_ceilings, chunks=tuple(chunks),
                log=lambda s: print(s, flush=True))
     print(markdown(rows))
     if a.out:

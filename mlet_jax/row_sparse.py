@@ -271,18 +271,80 @@ class SparseGrads(NamedTuple):
     scratch_N: Any      # the updated dedup scratch (or None)
 
 
-def value_and_grad(model, loss_fn: Callable[[jax.Array], jax.Array], params: Mapping, batch: Mapping,
-                   scratch_N: jax.Array | None = None, rngs: Mapping | None = None, train: bool = False):
-    """``(loss, SparseGrads)`` of ``loss_fn(logits)`` with respect to the non-table parameters and the batch's rows.
+def _per_sample(batch: Mapping, n_b: int) -> dict:
+    """The batch's arrays with one entry per sample (leading dimension ``n_b``): what a chunk of samples slices."""
+    return {k: v for k, v in batch.items() if np.ndim(v) >= 1 and np.shape(v)[0] == n_b}
+
+
+def body_value_and_grad(model, loss_fn: Callable, rest: Mapping, features, batch: Mapping, chunk: int | None,
+                        rngs: Mapping | None = None, train: bool = False):
+    """``(loss, g_rest, g_features)``: the model body and the loss over the batch, ``chunk`` samples at a time.
+
+    The per-sample part of a step (the model body on the features: interaction, MLPs, heads; then the loss) runs
+    as a ``lax.scan`` over ``B // chunk`` chunks of ``chunk`` samples, then once on the ``B % chunk`` samples left
+    (if any), with the loss and the gradients of the non-table parameters ``rest`` (flat ``{path: array}``) summed
+    and the gradient of each sample's features kept. A chunk's activations stay in cache, which a whole batch of
+    4096 does not (BENCHMARKS.md, issue 19). ``loss_fn(logits_c, batch_c)`` must add up over chunks: the batch's
+    loss is the sum of its chunks' (a mean over the batch is written as a sum over the chunk divided by ``B``).
+    ``chunk`` ``None`` or ``>= B``: one pass. The result equals the one-pass gradient up to float rounding (the sums
+    run in another order), except that dropout draws each chunk's mask from ``fold_in(key, chunk index)``
+    (seeded and deterministic, but not the one-pass mask).
+    """
+    n_b = features.emb_BxFxD.shape[0]
+    per_sample = _per_sample(batch, n_b)
+
+    def one(rest_p, feats_c, batch_c, i):  # i: the chunk's index, None for one pass
+        rngs_c = rngs if rngs is None or i is None else {k: jax.random.fold_in(r, i) for k, r in rngs.items()}
+        logits = model.apply({"params": traverse_util.unflatten_dict(rest_p)}, feats_c, batch_c["dense"],
+                             train=train, rngs=rngs_c, method="body")
+        return loss_fn(logits, batch_c)
+
+    vg = jax.value_and_grad(one, argnums=(0, 1))
+    if chunk is None or chunk >= n_b:
+        loss, (g_rest, g_feats) = vg(rest, features, per_sample, None)
+        return loss, g_rest, g_feats
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 samples, got {chunk}")
+    n_full, tail = divmod(n_b, chunk)
+
+    def part(lo, n, shape):
+        return jax.tree_util.tree_map(lambda x: x[lo:lo + n].reshape(*shape, *x.shape[1:]), (features, per_sample))
+
+    def scan_body(carry, xs):
+        (feats_c, batch_c), i = xs
+        loss, (g_rest, g_feats) = vg(rest, feats_c, batch_c, i)
+        return jax.tree_util.tree_map(jnp.add, carry, (loss, g_rest)), g_feats
+
+    xs = part(0, n_full * chunk, (n_full, chunk))
+    loss_shape, (g_rest_shape, _) = jax.eval_shape(vg, rest, *part(0, chunk, (chunk,)), jnp.int32(0))
+    zero = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), (loss_shape, g_rest_shape))
+    (loss, g_rest), g_feats = jax.lax.scan(scan_body, zero, (xs, jnp.arange(n_full, dtype=jnp.int32)))
+    g_feats = jax.tree_util.tree_map(lambda g: g.reshape(-1, *g.shape[2:]), g_feats)
+    if tail:
+        feats_t, batch_t = part(n_full * chunk, tail, (tail,))
+        loss_t, (g_rest_t, g_feats_t) = vg(rest, feats_t, batch_t, jnp.int32(n_full))
+        loss = loss + loss_t
+        g_rest = jax.tree_util.tree_map(jnp.add, g_rest, g_rest_t)
+        g_feats = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), g_feats, g_feats_t)
+    return loss, g_rest, g_feats
+
+
+def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, scratch_N: jax.Array | None = None,
+                   rngs: Mapping | None = None, train: bool = False, chunk: int | None = None):
+    """``(loss, SparseGrads)`` of the batch's loss with respect to the non-table parameters and the batch's rows.
 
     Args:
         model: a :class:`mlet_jax.models.base.CTRModel` (its ``embedding_stage()`` names the tables and computes the
             features from gathered rows; its ``body`` runs on them).
-        loss_fn: ``logits [B] -> scalar``.
+        loss_fn: ``(logits [B'], batch') -> scalar`` on the batch or a chunk of its samples (``batch'`` holds the
+            chunk's slice of every per-sample array); additive over chunks (:func:`body_value_and_grad`).
         params: the model's parameters (full tables).
         batch: ``{"dense", "ids", ...}``.
         scratch_N: the dedup scratch (:func:`dedup_rows`), or ``None`` for the sort-based dedup.
         rngs, train: passed to the model body (dropout).
+        chunk: run the model body ``chunk`` samples at a time (:func:`body_value_and_grad`); the dedup, the
+            compaction, the gather, the MLET projection, the occurrences' lookup and the row updates still run once
+            for the whole batch. ``None``: one pass.
     """
     stage = model.embedding_stage()
     ids_BxS = jnp.asarray(batch["ids"])
@@ -293,14 +355,24 @@ def value_and_grad(model, loss_fn: Callable[[jax.Array], jax.Array], params: Map
     def grads(rows_G, ref_BxS, tile_field_T):
         gathered = {p: t.at[rows_G].get(mode="promise_in_bounds") for p, t in tables.items()}
 
-        def loss_of(rest_p, rows_p):
-            p = traverse_util.unflatten_dict(rest_p)
-            features = stage.lookup_slots(p, rows_p, ref_BxS, dense, tile_field_T)
-            logits = model.apply({"params": p}, features, dense, train=train, rngs=rngs, method="body")
-            return loss_fn(logits)
+        if chunk is None or chunk >= ids_BxS.shape[0]:
+            def loss_of(rest_p, rows_p):
+                p = traverse_util.unflatten_dict(rest_p)
+                features = stage.lookup_slots(p, rows_p, ref_BxS, dense, tile_field_T)
+                logits = model.apply({"params": p}, features, dense, train=train, rngs=rngs, method="body")
+                return loss_fn(logits, batch)
 
-        loss, (g_rest, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1))(rest, gathered)
-        return loss, g_rest, g_rows
+            loss, (g_rest, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1))(rest, gathered)
+            return loss, g_rest, g_rows
+
+        # the features of the whole batch once (MLET projects each gathered row once), the body chunk by chunk
+        def features_of(rest_p, rows_p):
+            return stage.lookup_slots(traverse_util.unflatten_dict(rest_p), rows_p, ref_BxS, dense, tile_field_T)
+
+        features, features_vjp = jax.vjp(features_of, rest, gathered)
+        loss, g_rest, g_features = body_value_and_grad(model, loss_fn, rest, features, batch, chunk, rngs, train)
+        g_rest_stage, g_rows = features_vjp(g_features)
+        return loss, jax.tree_util.tree_map(jnp.add, g_rest, g_rest_stage), g_rows
 
     slots = stage.slots if stage.slots is not None else (1,) * len(stage.vocab_sizes)
     plan = compact_plan(stage.table_sizes, slots, ids_BxS.shape[0], stage.spec.kind == "mlet")

@@ -51,6 +51,11 @@ from mlet_jax.row_sparse import RowSparse
 from mlet_jax.runlog import RunLog, check_target, start_record
 from mlet_jax.spectra import SpectraCallback
 
+# TrainConfig.chunk_samples by default: the per-sample part of a step runs 1024 samples at a time. DLRM's MLPs at
+# batch 4096 ran at ~55% of XLA CPU's large-matmul rate in one pass (BENCHMARKS.md, issue 19); in chunks of 1024
+# their activations stay in cache.
+CHUNK_SAMPLES = 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -68,6 +73,14 @@ class TrainConfig:
         grad_norm: also return the global gradient norm in every step's metrics (``"grad_norm"``). Off by
             default: it is one more pass over every gradient, 5-7% of a DCN or DeepFM step with MLET tables.
             Without it ``fit`` checks the parameters themselves for NaN/inf before each checkpoint.
+        chunk_samples: run the per-sample part of a step (the model body on the embeddings: interaction, MLPs,
+            heads; and the loss) over chunks of this many samples, gradients summed
+            (:func:`mlet_jax.row_sparse.body_value_and_grad`): a chunk's activations stay in cache, a large batch's
+            do not. The embedding part (dedup, compaction, gather, MLET projection, row updates) still runs once per
+            batch. Same gradient as one pass up to float rounding, for any batch size (a batch not divisible into
+            chunks runs its rest as one more, smaller chunk); dropout masks are drawn per chunk (seeded,
+            deterministic, not the one-pass masks). ``None``: :data:`CHUNK_SAMPLES` on one device, one pass on a
+            mesh; ``0``: one pass. A batch of at most this many samples always runs in one pass.
     """
 
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -75,10 +88,16 @@ class TrainConfig:
     sparse_tables: bool | None = None
     loss_reduction: str = "mean"
     grad_norm: bool = False
+    chunk_samples: int | None = None
 
     def __post_init__(self):
         if self.loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {self.loss_reduction!r}")
+        if self.chunk_samples is not None and (isinstance(self.chunk_samples, bool)
+                                               or not isinstance(self.chunk_samples, (int, np.integer))
+                                               or self.chunk_samples < 0):
+            raise ValueError(f"chunk_samples must be None, 0 (one pass) or a positive number of samples, got "
+                             f"{self.chunk_samples!r}")
         if self.sparse_tables and not self.tables.supports_row_sparse:
             raise ValueError("sparse_tables=True needs a table optimizer without momentum, and without weight decay "
                              "unless it is SGD")
@@ -283,6 +302,41 @@ class Trainer:
                                   rngs=rngs)
         return bce_with_logits(logits, batch["label"], self.config.loss_reduction), logits
 
+    @property
+    def chunk_samples(self) -> int | None:
+        """The step's chunk of samples (``TrainConfig.chunk_samples`` resolved), or ``None`` for one pass."""
+        c = self.config.chunk_samples
+        if c is None:
+            return CHUNK_SAMPLES if self.mesh is None else None
+        return c or None
+
+    def _loss_fn(self, n_batch: int):
+        """``(logits_c, batch_c) -> loss`` of a chunk of a batch of ``n_batch`` samples: chunks' losses add up to the
+        batch's (a mean is a sum over the chunk over ``n_batch``)."""
+        if self.config.loss_reduction == "sum":
+            return lambda lg, b: bce_with_logits(lg, b["label"], "sum")
+        return lambda lg, b: bce_with_logits(lg, b["label"], "sum") / n_batch
+
+    def _dense_value_and_grad(self, params, batch, rng):
+        """``(loss, grads)`` of the dense path: the features once, the body chunk by chunk
+        (:func:`mlet_jax.row_sparse.body_value_and_grad`)."""
+        n_b = np.shape(batch["ids"])[0]
+        chunk = self.chunk_samples
+        if chunk is None or chunk >= n_b:
+            (loss, _), grads = jax.value_and_grad(self.loss_and_logits, has_aux=True)(params, batch, rng=rng)
+            return loss, grads
+        flat = traverse_util.flatten_dict(params)
+        paths = set(self.table_paths)
+        rest = {k: v for k, v in flat.items() if k not in paths}
+        features, features_vjp = jax.vjp(
+            lambda p: self.model.apply({"params": p}, batch["dense"], batch["ids"],
+                                       method=lambda m, d, i: m.tables(d, i)), params)
+        loss, g_rest, g_features = row_sparse.body_value_and_grad(
+            self.model, self._loss_fn(n_b), rest, features, batch, chunk, rngs={"dropout": rng}, train=True)
+        (grads,) = features_vjp(g_features)
+        g_flat = traverse_util.flatten_dict(grads)
+        return loss, traverse_util.unflatten_dict({k: g + g_rest[k] if k in g_rest else g for k, g in g_flat.items()})
+
     def _step(self, state: TrainState, batch: dict):
         if self.mesh is not None:
             batch = jax.lax.with_sharding_constraint(batch, distributed.batch_sharding(self.mesh))
@@ -298,8 +352,8 @@ class Trainer:
                     flat[p], table_opt[_name(p)] = rs.catch_up(t, table_opt[_name(p)], rows_BxS)
                 state = state.replace(params=traverse_util.unflatten_dict(flat), table_opt_state=table_opt)
             loss, g = row_sparse.value_and_grad(
-                self.model, lambda lg: bce_with_logits(lg, batch["label"], self.config.loss_reduction),
-                state.params, batch, state.dedup, rngs={"dropout": step_rng}, train=True)
+                self.model, self._loss_fn(np.shape(batch["ids"])[0]), state.params, batch, state.dedup,
+                rngs={"dropout": step_rng}, train=True, chunk=self.chunk_samples)
             tables, rest = row_sparse.split_tables(state.params, self.table_paths)
             rest_tree = traverse_util.unflatten_dict(rest)
             updates, opt_state = self._dense_tx().update(traverse_util.unflatten_dict(g.rest), state.opt_state,
@@ -311,8 +365,7 @@ class Trainer:
             params, dedup = traverse_util.unflatten_dict(flat), g.scratch_N
             gnorm = _global_norm((g.rest, g.rows)) if self.config.grad_norm else None
         else:
-            (loss, _), grads = jax.value_and_grad(self.loss_and_logits, has_aux=True)(
-                state.params, batch, rng=step_rng)
+            loss, grads = self._dense_value_and_grad(state.params, batch, step_rng)
             updates, opt_state = self._dense_tx().update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             gnorm = _global_norm(grads) if self.config.grad_norm else None
@@ -623,13 +676,23 @@ def fit(
     if writes_log and not isinstance(run_log, RunLog):
         check_target(run_log)  # refused before any work; opened once the state is ready
     steps_per_epoch = len(train) // batch_size
-    if state is None:
+    fresh = state is None
+    if fresh:
         state = trainer.init(seed, next(batches(train, min(batch_size, 1), seed=seed)))
     ckpt, start_epoch, start_batch = None, 0, 0
     if checkpoint_dir is not None:
-        state, ckpt, start_epoch, start_batch = _resume(trainer, state, checkpoint_dir, keep_checkpoints,
-                                                        seed=seed, batch_size=batch_size,
-                                                        steps_per_epoch=steps_per_epoch)
+        ckpt = Checkpointer(checkpoint_dir, keep=keep_checkpoints)
+        if ckpt.latest_step() is None:
+            warnings.warn(f"no checkpoint in {ckpt.directory}: training starts fresh", CheckpointWarning,
+                          stacklevel=2)
+        else:
+            target = state
+            if fresh:  # our own initial state: the restore needs only its shapes, so it is freed first (one state)
+                target = jax.tree_util.tree_map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+                del state
+            state, start_epoch, start_batch = _resume(ckpt, target, seed=seed, batch_size=batch_size,
+                                                      steps_per_epoch=steps_per_epoch)
     log = None
     try:
         if writes_log:
@@ -650,15 +713,11 @@ def fit(
             log.close()
 
 
-def _resume(trainer, state, directory, keep, *, seed, batch_size, steps_per_epoch):
-    """Open ``directory``; restore its newest intact checkpoint (if any) into ``state``'s structure."""
-    ckpt = Checkpointer(directory, keep=keep)
-    if ckpt.latest_step() is None:
-        warnings.warn(f"no checkpoint in {ckpt.directory}: training starts fresh", CheckpointWarning, stacklevel=3)
-        return state, ckpt, 0, 0
+def _resume(ckpt: Checkpointer, target, *, seed, batch_size, steps_per_epoch):
+    """``(state, epoch, batch)``: ``ckpt``'s newest intact checkpoint restored into ``target``'s structure."""
     try:
         # damaged newer steps are renamed aside, so this run can save those step numbers again
-        state, pos = ckpt.restore(state, set_aside_damaged=True)
+        state, pos = ckpt.restore(target, set_aside_damaged=True)
     except BaseException:
         ckpt.close()
         raise
@@ -669,7 +728,7 @@ def _resume(trainer, state, directory, keep, *, seed, batch_size, steps_per_epoc
         raise ValueError(f"checkpoint step {pos['step']} in {ckpt.directory} was written with data settings {have}, "
                          f"but this run has {want}; resume with the same seed, batch size and training split "
                          "(or use a new checkpoint_dir)")
-    return state, ckpt, int(pos["epoch"]), int(pos["batch"])
+    return state, int(pos["epoch"]), int(pos["batch"])
 
 
 def _fit_loop(trainer, train, state, *, batch_size, epochs, seed, valid, eval_every, early_stopping_patience,

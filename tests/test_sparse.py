@@ -187,7 +187,7 @@ def _dense_grads(model, batch, scratch=True):
     trainer = Trainer(model, TrainConfig(optimizer=OptimizerSpec("adagrad", 0.05)))
     state = trainer.init(0, batch)
     loss, g = jax.jit(lambda p, d: row_sparse.value_and_grad(
-        model, lambda lg: jnp.mean(lg * batch["label"]), p, batch, d))(state.params, state.dedup if scratch else None)
+        model, lambda lg, b: jnp.mean(lg * b["label"]), p, batch, d))(state.params, state.dedup if scratch else None)
     rows = g.rows_U.rows if isinstance(g.rows_U, row_sparse.CompactRows) else g.rows_U
     tables, _ = row_sparse.split_tables(state.params, trainer.table_paths)
     full = {p: np.asarray(jnp.zeros_like(tables[p]).at[rows].add(g.rows[p])) for p in tables}
