@@ -45,6 +45,7 @@ class Block:
     data: bytes          # whole lines, each ending in b"\n", CR stripped
     first_line: int      # 1-based line number of the block's first line
     bytes_read: int      # bytes of the (compressed) file consumed so far, for progress bars
+    n_lines: int | None = None   # its line count, where known (iter_blocks counts them)
 
 
 def iter_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
@@ -71,8 +72,9 @@ def iter_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
             data, tail = chunk[:cut], chunk[cut:]
             if b"\r" in data:
                 data = data.replace(b"\r\n", b"\n")
-            yield Block(data, line, raw.tell())
-            line += data.count(b"\n")
+            n_lines = _count(data, b"\n")
+            yield Block(data, line, raw.tell(), n_lines)
+            line += n_lines
         if gz and line == 1 and not tail:
             raise DataFormatError(path, "gzip stream holds no data", line=1)
         if tail:
@@ -80,6 +82,11 @@ def iter_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
     finally:
         fh.close()
         raw.close()
+
+
+def _count(data: bytes, byte: bytes) -> int:
+    """Occurrences of one byte (numpy's vectorized compare: several times ``bytes.count``'s speed)."""
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8) == byte[0]))
 
 
 @dataclasses.dataclass
@@ -101,9 +108,8 @@ def quick_lines(block: Block, sep: bytes, n_fields: int) -> Lines | None:
     A blank line or a line with too few fields then implies one with too many elsewhere, which polars refuses
     (:func:`read_lines` turns that into :class:`RaggedLines`).
     """
-    buf = np.frombuffer(block.data, np.uint8)
-    lines = int(np.count_nonzero(buf == 10))
-    if n_fields < 2 or int(np.count_nonzero(buf == sep[0])) != (n_fields - 1) * lines:
+    lines = block.n_lines if block.n_lines is not None else _count(block.data, b"\n")
+    if n_fields < 2 or _count(block.data, sep) != (n_fields - 1) * lines:
         return None
     return Lines(block.data, block.first_line + np.arange(lines, dtype=np.int64), checked=False)
 

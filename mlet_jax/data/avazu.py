@@ -16,7 +16,7 @@ import polars as pl
 
 from mlet_jax.data import splits
 from mlet_jax.data._build import Field, RawStore, _bar, check_splits, finalize, parse_text_blocks, string_keys
-from mlet_jax.data._text import BLOCK_BYTES, check_file, iter_blocks, split_lines
+from mlet_jax.data._text import BLOCK_BYTES, Lines, RaggedLines, check_file, iter_blocks, quick_lines, split_lines
 from mlet_jax.data.errors import BadRows, DataFormatError
 
 DEFAULTS = {"min_count": 1, "hash_buckets": None, "vocab_split": "train", "test_fraction": 0.1,
@@ -51,6 +51,49 @@ def _header(path: str, first: bytes) -> list[str]:
     if len(set(cols)) != len(cols):
         raise DataFormatError(path, "duplicate column names in header", line=1)
     return cols
+
+
+def parse_lines(lines: Lines, path: str, cols: list[str], cats: list[str], bad: BadRows, hour_dense: bool):
+    """:func:`parse_block` of ``lines``; an unchecked block (:func:`~mlet_jax.data._text.quick_lines`) is read by
+    pyarrow's CSV reader instead, which refuses any line without ``len(cols)`` fields (raised as
+    :class:`~mlet_jax.data._text.RaggedLines`), skips ``id`` and hands the categorical columns straight to the
+    dictionary encoding of :func:`string_keys`; a block with a bad label or hour goes to :func:`parse_block`, which
+    names the line."""
+    if lines.checked:
+        return parse_block(lines.data, lines.line_no, path, cols, cats, bad, hour_dense)
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    keep = [c for c in cols if c not in DROP]
+    try:
+        t = pacsv.read_csv(
+            pa.py_buffer(lines.data), read_options=pacsv.ReadOptions(column_names=cols),
+            parse_options=pacsv.ParseOptions(delimiter=",", quote_char=False, double_quote=False, escape_char=False,
+                                             newlines_in_values=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(keep, pa.string()), include_columns=keep,
+                                                 strings_can_be_null=True, null_values=[""],
+                                                 quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowException):
+        raise RaggedLines from None
+    if t.num_rows != len(lines.line_no):
+        raise RaggedLines
+    h = pl.col(HOUR)
+    p = pl.from_arrow(t.select([LABEL, HOUR])).select(
+        pl.col(LABEL).str.to_integer(strict=False).alias("y"),
+        h.str.slice(0, 6).str.strptime(pl.Date, "%y%m%d", strict=False).dt.weekday().alias("wd"),
+        h.str.slice(6, 2).str.to_integer(strict=False).alias("hh"),
+        h.str.contains(r"^\d{8}$").fill_null(False).alias("ok8"))
+    ok = p.select((pl.col("y").is_in([0, 1]).fill_null(False) & pl.col("ok8") & pl.col("wd").is_not_null()
+                   & pl.col("hh").is_between(0, 23).fill_null(False)).all()).item()
+    if not ok:
+        return parse_block(lines.data, lines.line_no, path, cols, cats, bad, hour_dense)
+    label = p["y"].to_numpy().astype(np.float32)
+    hh = p["hh"].to_numpy().astype(np.int64)
+    keys = {"hour_of_day": hh, "weekday": p["wd"].to_numpy().astype(np.int64) - 1}
+    for c in cats:
+        keys[c] = string_keys(t.column(c))
+    dense = (hh.astype(np.float32) / 23.0)[:, None] if hour_dense else np.zeros((len(label), 0), np.float32)
+    return label, dense, keys
 
 
 def parse_block(data: bytes, line_no: np.ndarray, path: str, cols: list[str], cats: list[str], bad: BadRows,
@@ -94,10 +137,11 @@ def build(path: str, writer, *, progress: bool = False, **options) -> tuple:
     store = RawStore(writer.file("_raw"), fields, ["hour"] if options["hour_dense"] else [])
     bar = _bar(progress, size, "parse avazu", unit="B")
     first.data, first.first_line = first.data[nl:], 2
+    first.n_lines = None if first.n_lines is None else first.n_lines - 1
     parse_text_blocks(store, _chain(first, blocks), bar,
                       lambda block: split_lines(block, path, b",", len(cols), bad),
-                      lambda lines: parse_block(lines.data, lines.line_no, path, cols, cats, bad,
-                                                options["hour_dense"]))
+                      lambda lines: parse_lines(lines, path, cols, cats, bad, options["hour_dense"]),
+                      quick=lambda block: quick_lines(block, b",", len(cols)))
     if store.n == 0:
         raise DataFormatError(path, "no data rows after the header", line=2)
     codes = splits.random_split(store.n, options["test_fraction"], options["valid_fraction"], options["seed"])
