@@ -3,9 +3,11 @@
 import gzip
 
 import numpy as np
+import polars as pl
 import pytest
 
 from mlet_jax.data import DataFormatError, load_dataset
+from mlet_jax.data._build import string_keys
 
 HEADER = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,"
           "device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")
@@ -127,9 +129,7 @@ def test_wrong_field_counts_that_balance_out_and_a_quoted_or_empty_value(tmp_pat
     p = lines[3].split(",")
     p[5], p[7] = '"ab"', ""
     lines[3] = ",".join(p)
-    ds = load(write(tmp_path / "train", lines), tmp_path / "q", vocab_split="all")
-    from mlet_jax.data._build import string_keys
-    import polars as pl
+    load(write(tmp_path / "train", lines), tmp_path / "q", vocab_split="all")
     voc = np.load(tmp_path / "q" / "cache" / "vocab.npz")
     assert string_keys(pl.Series(['"ab"']))[0] in voc["site_id"]
     assert -1 in voc["site_category"]

@@ -21,16 +21,18 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from mlet_jax.data.base import Schema
 from mlet_jax.data.cache import SPLITS, CacheWriter
 from mlet_jax.data.errors import DataFormatError
 from mlet_jax.data.options import OptionError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MISSING_KEY = -1
 TRAIN, VALID, TEST = 0, 1, 2
@@ -41,7 +43,7 @@ _MASK63 = np.uint64((1 << 63) - 1)
 # until the splits are written: the code -> id permutation (int32), the vocabulary keys (int64), id_counts (int64).
 STATE_BYTES_PER_VALUE = 48 + 32 + 20
 _BLOCK_ROWS = 1 << 19        # rows per block read back, counted, looked up and written by finalize
-_MERGE_ROWS = 1 << 22        # fit_vocab_blocks: merge pending block tables once they hold this many (or the table's) rows
+_MERGE_ROWS = 1 << 22        # fit_vocab_blocks: merge pending block tables at this many rows (or the table's)
 _SORTED_LOOKUP = 1 << 16     # Vocab.lookup: vocabularies larger than this look up a block's distinct keys (sorted) only
 _TABLE_SLOTS = 1 << 12       # KeyTable: initial slots (a power of two; doubled whenever it would pass half full)
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)   # Fibonacci hashing: the top bits of key * 2^64 / golden ratio
@@ -52,6 +54,10 @@ def string_keys(values: pl.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
 
     Hashes the distinct values only (dictionary encoding), one vectorized numpy step per byte position.
     """
+    # imported here, not at the top: Criteo's prepare never needs pyarrow (~0.1 s of imports)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     arr = values.to_arrow() if isinstance(values, pl.Series) else values
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -410,12 +416,16 @@ def _fit_field(store: RawStore, name: str, codes: np.ndarray, block_rows: int, m
     with open(path, "wb") as fh:
         for lo in range(0, store.n, block_rows):
             x = store.chunk(name, lo, lo + block_rows)
-            c = table.find(x)
-            miss = np.flatnonzero(c < 0)
-            if len(miss):                      # new keys: their distinct values (polars' hash unique), then codes
-                xm = x[miss]
-                table.add(pl.Series(xm).unique().to_numpy())
-                c[miss] = table.find(xm)
+            if table.n == 0:                   # the first block: every key is new
+                table.add(pl.Series(x).unique().to_numpy())
+                c = table.find(x)
+            else:
+                c = table.find(x)
+                miss = np.flatnonzero(c < 0)
+                if len(miss):                  # new keys: their distinct values (polars' hash unique), then codes
+                    xm = x[miss]
+                    table.add(pl.Series(xm).unique().to_numpy())
+                    c[miss] = table.find(xm)
             counts, train = _grow(counts, table.n), _grow(train, table.n)
             cc = codes[lo:lo + len(x)]
             in_train = c if (cc == TRAIN).all() else c[cc == TRAIN]
@@ -430,8 +440,7 @@ def _fit_field(store: RawStore, name: str, codes: np.ndarray, block_rows: int, m
     counts = counts[:n]
     train = counts if train is None else train[:n]
     sel = np.flatnonzero(counts >= min_count)
-    order = pl.DataFrame({"len": counts[sel], "k": keys[:n][sel], "i": sel}).sort(
-        ["len", "k"], descending=[True, False])["i"].to_numpy()
+    order = sel[_by_count_then_key(counts[sel], keys[:n][sel])]
     perm = np.zeros(n, np.int32)
     perm[order] = np.arange(1, len(order) + 1, dtype=np.int32)
     id_counts = np.empty(len(order) + 1, np.int64)
@@ -439,6 +448,18 @@ def _fit_field(store: RawStore, name: str, codes: np.ndarray, block_rows: int, m
     id_counts[0] = int(train.sum()) - int(id_counts[1:].sum())
     os.remove(store._path(name))           # the codes replace the keys (disk: 4 bytes per row instead of 8)
     return _Fitted(keys[order].copy(), perm, id_counts, path)
+
+
+def _by_count_then_key(counts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The order of distinct ``keys`` by decreasing count, ties by increasing key: one int64 sort key
+    (count below, key + 1 in the low 33 bits) where they fit, as Criteo's hex values do, else a two-column sort."""
+    if len(keys) == 0:
+        return np.zeros(0, np.intp)
+    top = int(counts.max())
+    if int(keys.min()) >= -1 and int(keys.max()) < (1 << 32) and top - int(counts.min()) < (1 << 30):
+        return np.argsort(((top - counts) << 33) | (keys + 1))
+    return pl.DataFrame({"len": counts, "k": keys, "i": np.arange(len(keys))}).sort(
+        ["len", "k"], descending=[True, False])["i"].to_numpy()
 
 
 def _read_codes(fitted: _Fitted, lo: int, hi: int) -> np.ndarray:
@@ -496,7 +517,7 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
            for nm, k in split_n.items() if k > 0 or nm != "valid"}
     # id_counts of fitted fields come with their vocabulary; the others are counted on the training rows below
     counts = [vocabs[f.name].id_counts if isinstance(vocabs.get(f.name), _Fitted) else np.zeros(v, np.int64)
-              for f, v in zip(store.fields, sizes)]
+              for f, v in zip(store.fields, sizes, strict=True)]
     bar = _bar(progress, n, "write cache")
     try:
         for lo in range(0, n, block_rows):
