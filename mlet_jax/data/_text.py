@@ -84,9 +84,19 @@ def iter_blocks(path: str, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
         raw.close()
 
 
+_COUNT_STEP = 1 << 20
+
+
 def _count(data: bytes, byte: bytes) -> int:
-    """Occurrences of one byte (numpy's vectorized compare: several times ``bytes.count``'s speed)."""
-    return int(np.count_nonzero(np.frombuffer(data, np.uint8) == byte[0]))
+    """Occurrences of one byte: numpy's vectorized compare, 1 MiB at a time into one small buffer (a 16 MiB block
+    compared at once costs more in fresh pages than in compares); several times ``bytes.count``'s speed."""
+    buf = np.frombuffer(data, np.uint8)
+    out = np.empty(min(len(buf), _COUNT_STEP), bool)
+    n = 0
+    for lo in range(0, len(buf), _COUNT_STEP):
+        part = buf[lo:lo + _COUNT_STEP]
+        n += int(np.count_nonzero(np.equal(part, byte[0], out=out[:len(part)])))
+    return n
 
 
 @dataclasses.dataclass
