@@ -3,11 +3,13 @@
 Runs :func:`benchmarks.bench_torchrec.embedding_step` (dedup, compaction, gather, scatter-add, row-sparse SGD) on
 the same Zipf ids as ``bench_torchrec`` (peer vocabularies, d 16), once compiled per fraction, the fractions
 alternating step by step; prints each fraction's median and fastest step and its median ratio to the first. It only
-sets the module constant for the compilation of its own steps; the library is not changed.
+sets the module constant for the compilation of its own steps; the library is not changed. ``--first-batch`` adds
+the train step's default, a capacity of ``TrainConfig.compact_headroom`` times the first batch's distinct rows
+(``fraction`` ``"first"`` in the rows).
 
 Command (BENCHMARKS.md)::
 
-    .venv/bin/python -m benchmarks.bench_compact_fraction --fractions 0.5 0.25
+    .venv/bin/python -m benchmarks.bench_compact_fraction --fractions 0.5 0.25 --first-batch
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--batches", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-batch", action="store_true",
+                   help="also the capacity the train step takes from its first batch (the library default)")
     a = p.parse_args(argv)
     if any(not 0 < f <= 1 for f in a.fractions):
         p.error("argument --fractions: every fraction must be in (0, 1]")
@@ -47,10 +51,11 @@ def main(argv=None) -> list[dict]:
             offsets = np.concatenate([[0], np.cumsum(VOCAB)[:-1]])
             distinct = max(np.unique(arr[f"ids_{b}"][i] + offsets).size for i in range(8))
             runs = {}
-            for f in a.fractions:
-                rsm.COMPACT_FRACTION = f
-                plan = compact_plan_for(VOCAB, b)
-                init, step = embedding_step(VOCAB, b, 16)
+            for f in a.fractions + (["first"] if a.first_batch else []):
+                rsm.COMPACT_FRACTION = old if f == "first" else f
+                first = arr[f"ids_{b}"][0] if f == "first" else None
+                plan = compact_plan_for(VOCAB, b, first)
+                init, step = embedding_step(VOCAB, b, 16, first_ids=first)
                 compiled = step.lower(*init(0), ids[0], grad).compile()
                 carry = init(0)
                 for i in range(2):

@@ -74,16 +74,27 @@ def zipf_batches(vocab, batch: int, n_batches: int, dim: int, seed: int) -> dict
             f"grad_{batch}": (1e-3 * rng.standard_normal((batch, len(vocab), dim))).astype(np.float32)}
 
 
-def compact_plan_for(vocab, batch: int):
-    """The library's compact plan for one id per field, single-layer (``(tile, capacity_tiles, may_overflow)``)."""
-    from mlet_jax.row_sparse import compact_plan
+def compact_plan_for(vocab, batch: int, first_ids=None):
+    """The library's compact plan for one id per field, single-layer (``(tile, capacity_tiles, may_overflow)``):
+    with ``first_ids`` (``[batch, F]`` field-local ids), the capacity the train step takes from its first batch
+    (``TrainConfig.compact_headroom`` by default times its distinct rows,
+    :meth:`mlet_jax.training.Trainer.compact_capacity`); without, :data:`~mlet_jax.row_sparse.COMPACT_FRACTION`."""
+    import math
 
-    return compact_plan(vocab, (1,) * len(vocab), batch, tiled=False)
+    from mlet_jax.row_sparse import batch_tiles, compact_plan
+    from mlet_jax.training import COMPACT_HEADROOM
+
+    cap = None
+    if first_ids is not None and COMPACT_HEADROOM:
+        rows = np.asarray(first_ids) + np.concatenate([[0], np.cumsum(vocab)[:-1]])[None, :]
+        cap = math.ceil(COMPACT_HEADROOM * batch_tiles(rows, vocab, 1))
+    return compact_plan(vocab, (1,) * len(vocab), batch, tiled=False, capacity_tiles=cap)
 
 
-def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2):
+def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2, first_ids=None):
     """``(init, step)`` of mlet_jax's row-sparse embedding part alone: ``step(table, rs_state, scratch, ids_BxF,
-    grad_BxFxD) -> (table, rs_state, scratch, emb_BxFxD)``, jitted, the table, state and scratch donated."""
+    grad_BxFxD) -> (table, rs_state, scratch, emb_BxFxD)``, jitted, the table, state and scratch donated; the compact
+    capacity from ``first_ids`` as the train step takes it (:func:`compact_plan_for`)."""
     import jax
     import jax.numpy as jnp
 
@@ -94,7 +105,7 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2):
     offsets = jnp.asarray(np.concatenate([[0], np.cumsum(vocab)[:-1]]), jnp.int32)
     rs = RowSparse(OptimizerSpec("sgd", lr))
     slots = (1,) * n_f
-    plan = compact_plan_for(vocab, batch)
+    plan = compact_plan_for(vocab, batch, first_ids)
 
     def grads(table, rows_G, ref_BxF, grad_BxFxD):
         emb_G = table.at[rows_G].get(mode="promise_in_bounds")
@@ -252,7 +263,7 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, side
                                         trainer.chunk_samples]
                 log(f"compiled mlet_jax dlrm {label} batch {b} in {jx['dlrm', label, b][4]:.0f} s")
         if "emb" in parts:
-            init, step = embedding_step(vocab, b, dim)
+            init, step = embedding_step(vocab, b, dim, first_ids=arrays[f"ids_{b}"][0])
             ids = [jax.device_put(arrays[f"ids_{b}"][i]) for i in range(n_batches)]
             grad = jax.device_put(arrays[f"grad_{b}"])
             t0 = time.perf_counter()

@@ -208,20 +208,39 @@ class Compact(NamedTuple):
     fits: jax.Array          # whether every distinct row fit (else rows_C and ref_BxS are incomplete)
 
 
-def compact_plan(vocab_sizes, slots, n_batch: int, tiled: bool) -> tuple[int, int, bool] | None:
+def compact_tile(n_batch: int, tiled: bool) -> int:
+    """Rows per tile of the compact step for a batch of ``n_batch`` (1 unless MLET projects tiles)."""
+    return max(1, min(COMPACT_TILE, n_batch // 8)) if tiled else 1
+
+
+def compact_plan(vocab_sizes, slots, n_batch: int, tiled: bool,
+                 capacity_tiles: int | None = None) -> tuple[int, int, bool] | None:
     """``(tile, capacity_tiles, may_overflow)`` of the compact step for a ``[n_batch, S]`` batch, or ``None`` when
-    the capacity would not be smaller than the batch's slots. ``capacity_tiles`` is at most the tiles the
-    vocabularies can fill (field ``f`` has at most ``min(vocab_f, n_batch slots_f)`` distinct rows); at that bound
-    no batch can overflow it."""
+    the capacity would not be smaller than the batch's slots. The capacity is :data:`COMPACT_FRACTION` of the slots,
+    or ``capacity_tiles`` when given and smaller (:func:`batch_tiles` of a typical batch with some headroom), and
+    at most the tiles the vocabularies can fill (field ``f`` has at most ``min(vocab_f, n_batch slots_f)`` distinct
+    rows); at that bound no batch can overflow it."""
     if COMPACT_FRACTION <= 0:
         return None
     slots = tuple(slots) if slots is not None else (1,) * len(vocab_sizes)
     n_slots = n_batch * sum(slots)
-    tile = max(1, min(COMPACT_TILE, n_batch // 8)) if tiled else 1
+    tile = compact_tile(n_batch, tiled)
     most_F = np.minimum(np.asarray(vocab_sizes, np.int64), n_batch * np.asarray(slots, np.int64))
     bound = int((-(-most_F // tile)).sum())
     capacity = min(bound, -(-int(COMPACT_FRACTION * n_slots) // tile))
+    if capacity_tiles is not None:
+        capacity = max(1, min(capacity, int(capacity_tiles)))
     return None if capacity * tile >= n_slots else (tile, capacity, capacity < bound)
+
+
+def batch_tiles(rows_BxS, table_sizes, tile: int) -> int:
+    """Tiles of ``tile`` rows that one batch's distinct rows fill in the compact step (each field's rows in tiles of
+    their own), from its fused table rows ``[B, S]`` (-1: bag padding), on the host."""
+    rows = np.asarray(rows_BxS).reshape(-1)
+    distinct = np.unique(rows[rows >= 0])
+    per_field = np.bincount(np.searchsorted(np.cumsum(table_sizes), distinct, side="right"),
+                            minlength=len(table_sizes))
+    return int((-(-per_field // tile)).sum())
 
 
 def compact_rows(rows_U: jax.Array, slot_BxS: jax.Array, slots, tile: int, capacity_tiles: int) -> Compact:
@@ -330,7 +349,8 @@ def body_value_and_grad(model, loss_fn: Callable, rest: Mapping, features, batch
 
 
 def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, scratch_N: jax.Array | None = None,
-                   rngs: Mapping | None = None, train: bool = False, chunk: int | None = None):
+                   rngs: Mapping | None = None, train: bool = False, chunk: int | None = None,
+                   capacity_tiles: int | None = None):
     """``(loss, SparseGrads)`` of the batch's loss with respect to the non-table parameters and the batch's rows.
 
     Args:
@@ -345,6 +365,9 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
         chunk: run the model body ``chunk`` samples at a time (:func:`body_value_and_grad`); the dedup, the
             compaction, the gather, the MLET projection, the occurrences' lookup and the row updates still run once
             for the whole batch. ``None``: one pass.
+        capacity_tiles: the compact step's capacity in tiles (:func:`compact_plan`); ``None``:
+            :data:`COMPACT_FRACTION` of the slots. Any capacity is exact (a batch that does not fit takes the
+            per-slot step); it only decides speed.
     """
     stage = model.embedding_stage()
     ids_BxS = jnp.asarray(batch["ids"])
@@ -375,7 +398,7 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
         return loss, jax.tree_util.tree_map(jnp.add, g_rest, g_rest_stage), g_rows
 
     slots = stage.slots if stage.slots is not None else (1,) * len(stage.vocab_sizes)
-    plan = compact_plan(stage.table_sizes, slots, ids_BxS.shape[0], stage.spec.kind == "mlet")
+    plan = compact_plan(stage.table_sizes, slots, ids_BxS.shape[0], stage.spec.kind == "mlet", capacity_tiles)
     if plan is None:  # as many distinct rows as slots may occur, or the capacity would be no smaller
         loss, g_rest, g_rows = grads(rows_U, slot_BxS, None)
         return loss, SparseGrads(g_rest, g_rows, rows_U, scratch_N)

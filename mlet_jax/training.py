@@ -55,6 +55,8 @@ from mlet_jax.spectra import SpectraCallback
 # batch 4096 ran at ~55% of XLA CPU's large-matmul rate in one pass (BENCHMARKS.md, issue 19); in chunks of 1024
 # their activations stay in cache.
 CHUNK_SAMPLES = 1024
+# TrainConfig.compact_headroom by default: the compact step's capacity is 1.25 times the first batch's distinct rows.
+COMPACT_HEADROOM = 1.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,11 @@ class TrainConfig:
             chunks runs its rest as one more, smaller chunk); dropout masks are drawn per chunk (seeded,
             deterministic, not the one-pass masks). ``None``: :data:`CHUNK_SAMPLES` on one device, one pass on a
             mesh; ``0``: one pass. A batch of at most this many samples always runs in one pass.
+        compact_headroom: the row-sparse compact step (:mod:`mlet_jax.row_sparse`) holds this many times the
+            distinct rows (in tiles) of the first batch the train step sees of each batch size, instead of a fixed
+            :data:`mlet_jax.row_sparse.COMPACT_FRACTION` of the slots (never more than that): less padding gathered,
+            projected and updated. Exact whatever it is: a batch with more distinct rows takes the per-slot step
+            (slower). ``0``: the fixed fraction. Without a mesh only (on a mesh: the fixed fraction).
     """
 
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -89,6 +96,7 @@ class TrainConfig:
     loss_reduction: str = "mean"
     grad_norm: bool = False
     chunk_samples: int | None = None
+    compact_headroom: float = COMPACT_HEADROOM
 
     def __post_init__(self):
         if self.loss_reduction not in ("mean", "sum"):
@@ -98,6 +106,8 @@ class TrainConfig:
                                                or self.chunk_samples < 0):
             raise ValueError(f"chunk_samples must be None, 0 (one pass) or a positive number of samples, got "
                              f"{self.chunk_samples!r}")
+        if not (self.compact_headroom == 0 or self.compact_headroom >= 1):
+            raise ValueError(f"compact_headroom must be 0 (the fixed fraction) or >= 1, got {self.compact_headroom!r}")
         if self.sparse_tables and not self.tables.supports_row_sparse:
             raise ValueError("sparse_tables=True needs a table optimizer without momentum, and without weight decay "
                              "unless it is SGD")
@@ -337,7 +347,20 @@ class Trainer:
         g_flat = traverse_util.flatten_dict(grads)
         return loss, traverse_util.unflatten_dict({k: g + g_rest[k] if k in g_rest else g for k, g in g_flat.items()})
 
-    def _step(self, state: TrainState, batch: dict):
+    def compact_capacity(self, batch: dict) -> int | None:
+        """The compact step's capacity in tiles for batches like ``batch`` (``TrainConfig.compact_headroom`` times
+        the tiles its distinct rows fill, :func:`mlet_jax.row_sparse.batch_tiles`), or ``None`` for the fixed
+        fraction (dense path, a mesh, headroom 0, or ids that are not concrete)."""
+        ids = batch.get("ids")
+        if (not self.config.sparse or self.mesh is not None or not self.config.compact_headroom or ids is None
+                or isinstance(ids, jax.core.Tracer)):
+            return None
+        stage = self.stage
+        rows = np.asarray(stage.row_ids(jnp.asarray(ids)))
+        tile = row_sparse.compact_tile(rows.shape[0], stage.spec.kind == "mlet")
+        return math.ceil(self.config.compact_headroom * row_sparse.batch_tiles(rows, stage.table_sizes, tile))
+
+    def _step(self, state: TrainState, batch: dict, capacity_tiles: int | None = None):
         if self.mesh is not None:
             batch = jax.lax.with_sharding_constraint(batch, distributed.batch_sharding(self.mesh))
         rng, step_rng = jax.random.split(state.rng)
@@ -353,7 +376,7 @@ class Trainer:
                 state = state.replace(params=traverse_util.unflatten_dict(flat), table_opt_state=table_opt)
             loss, g = row_sparse.value_and_grad(
                 self.model, self._loss_fn(np.shape(batch["ids"])[0]), state.params, batch, state.dedup,
-                rngs={"dropout": step_rng}, train=True, chunk=self.chunk_samples)
+                rngs={"dropout": step_rng}, train=True, chunk=self.chunk_samples, capacity_tiles=capacity_tiles)
             tables, rest = row_sparse.split_tables(state.params, self.table_paths)
             rest_tree = traverse_util.unflatten_dict(rest)
             updates, opt_state = self._dense_tx().update(traverse_util.unflatten_dict(g.rest), state.opt_state,
@@ -376,12 +399,25 @@ class Trainer:
     @functools.cached_property
     def train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
         """Jitted ``(state, batch) -> (state, metrics)``; the input state is donated (``.lower`` works too). A numpy
-        batch's ids are checked first (:meth:`check_batch`)."""
+        batch's ids are checked first (:meth:`check_batch`). The first batch of each batch size fixes the compact
+        step's capacity for that size (:meth:`compact_capacity`, a static argument of the compiled step)."""
+        capacities: dict[int, int | None] = {}
+
+        def capacity(batch):
+            n_b = int(np.shape(batch["ids"])[0])
+            if n_b not in capacities:
+                capacities[n_b] = self.compact_capacity(batch)
+            return capacities[n_b]
 
         def step(state, batch):
-            return _train_step(self, state, self.check_batch(batch))
+            batch = self.check_batch(batch)
+            return _train_step(self, capacity(batch), state, batch)
 
-        step.lower = functools.partial(_train_step.lower, self)
+        def lower(state, batch):
+            batch = self.check_batch(batch)
+            return _train_step.lower(self, capacity(batch), state, batch)
+
+        step.lower = lower
         return step
 
     @functools.cached_property
@@ -472,9 +508,9 @@ def _state_from_params(trainer: Trainer, params, rng) -> TrainState:
     return _fresh_state(trainer, params, rng)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def _train_step(trainer: Trainer, state: TrainState, batch: dict):
-    return trainer._step(state, batch)
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+def _train_step(trainer: Trainer, capacity_tiles, state: TrainState, batch: dict):
+    return trainer._step(state, batch, capacity_tiles)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)

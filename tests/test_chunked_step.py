@@ -103,3 +103,40 @@ def test_chunk_samples_default_and_errors():
     for bad in (-1, 1.5, True, "64"):
         with pytest.raises(ValueError, match="chunk_samples"):
             TrainConfig(chunk_samples=bad)
+
+
+def test_compact_capacity_follows_the_first_batch():
+    # Distinct rows per field of a hand-made batch (4 fields; a bag field of 3 slots with -1 padding): the capacity
+    # is ceil(headroom x sum_f ceil(n_f / tile)) tiles, tile 1 single-layer, min(64, B / 8) = 4 rows for MLET.
+    import mlet_jax.row_sparse as row_sparse
+
+    slots = (1, 3, 2, 1)
+    batch = _batches(1, batch=32, slots=slots, seed=5)[0]
+    ids = batch["ids"]
+    cols = np.split(ids, np.cumsum(slots)[:-1], axis=1)
+    n_f = [len(np.unique(c[c >= 0])) for c in cols]
+    for kind, tile in (("single", 1), ("mlet", 4)):
+        trainer = Trainer(_model(kind, slots), TrainConfig(optimizer=ADAGRAD))
+        want = int(np.ceil(1.25 * sum(-(-n // tile) for n in n_f)))
+        assert trainer.compact_capacity(batch) == want
+        assert Trainer(_model(kind, slots), TrainConfig(optimizer=ADAGRAD, compact_headroom=0)).compact_capacity(
+            batch) is None
+        plan = row_sparse.compact_plan(VOCAB, slots, 32, kind == "mlet", want)
+        assert plan[1] == min(want, row_sparse.compact_plan(VOCAB, slots, 32, kind == "mlet")[1])
+    assert Trainer(_model("single", slots), TrainConfig(optimizer=ADAGRAD, sparse_tables=False)).compact_capacity(
+        batch) is None
+    with pytest.raises(ValueError, match="compact_headroom"):
+        TrainConfig(compact_headroom=0.5)
+
+
+def test_capacity_from_a_narrow_first_batch_stays_exact():
+    # The first batch repeats one id per field, so the capacity is a few rows; every later batch overflows it and
+    # takes the per-slot step. 6 steps must equal the dense path (which has no capacity at all).
+    slots = (1, 3, 2, 1)
+    data = _batches(6, batch=32, slots=slots, seed=2)
+    data[0] = {**data[0], "ids": np.where(data[0]["ids"] >= 0, 0, -1).astype(np.int32)}
+    model = _model("mlet", slots)
+    trainer = Trainer(model, TrainConfig(optimizer=ADAGRAD))
+    assert trainer.compact_capacity(data[0]) == 5  # ceil(1.25 x 4 fields x 1 tile)
+    ref = _run(model, TrainConfig(optimizer=ADAGRAD, sparse_tables=False), data)
+    _assert_same(_run(model, TrainConfig(optimizer=ADAGRAD), data), ref)
