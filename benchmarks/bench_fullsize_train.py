@@ -24,6 +24,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.bench_checkpoint import fingerprints
 from benchmarks.common import machine
 from mlet_jax import serving
 from mlet_jax.checkpoint import Checkpointer
@@ -47,13 +48,6 @@ def peak_rss_mib() -> float:
 def tree_bytes(tree) -> int:
     return int(sum(np.asarray(x).nbytes if not hasattr(x, "nbytes") else x.nbytes
                    for x in jax.tree_util.tree_leaves(tree)))
-
-
-def fingerprints(state) -> list[tuple[float, float]]:
-    """Per parameter and optimizer leaf: its float64 sum and sum of squares (equal leaves give equal pairs)."""
-    leaves = jax.tree_util.tree_leaves((state.params, state.opt_state, state.table_opt_state))
-    return [(float(np.sum(np.asarray(x, np.float64))), float(np.sum(np.square(np.asarray(x, np.float64)))))
-            for x in leaves]
 
 
 def folder_bytes(path: str) -> int:

@@ -13,15 +13,26 @@ uses this to save every N steps and to resume exactly (see :func:`mlet_jax.train
 Restoring takes a *target*: a state (or ``jax.eval_shape`` of one) with the shapes, dtypes and, for sharded runs,
 the shardings to restore into; arrays are read straight into those shardings, so no host holds a whole sharded table.
 
+Memory: orbax moves each array whole through a host buffer (a save copies it to the host, a restore reads it into
+host memory and then places it), and the model's embedding table is one array: a Criteo-Kaggle MLET table alone is
+8.6 GB, so orbax alone needed ~2x the state and a 24 GB machine could not save it. Arrays larger than
+:data:`ROW_BLOCK_BYTES` that live on one device are therefore written and read in blocks of rows (tensorstore zarr3,
+one chunk per block, crc32c-checked) by the ``rows`` item of the step: a save copies one block at a time, a restore
+places the blocks one by one into the array's memory (a donated in-place update), so both need the state plus a few
+blocks (BENCHMARKS.md, "Checkpoint memory"). Sharded arrays stay with orbax, which reads each shard into its device.
+
 The export of a trained model for serving lives in :mod:`mlet_jax.serving` (this module needs no model code).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +40,11 @@ import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
+
+ROW_BLOCK_BYTES = 64 << 20
+"""Arrays on one device larger than this are saved and restored in blocks of about this many bytes of rows."""
+_ROWS_INDEX = "rows.json"
 
 
 def _to_saveable(state) -> dict:
@@ -96,6 +112,131 @@ def _quiet_closed_loop_callbacks() -> None:
     sys.unraisablehook = hook
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_rows(array, block, start):
+    return jax.lax.dynamic_update_slice(array, block, (start,) + (0,) * (array.ndim - 1))
+
+
+def _blocks(n_rows: int, block_rows: int):
+    # equal-sized blocks (one compiled update); the last one ends at n_rows and may overlap the one before it
+    block_rows = min(block_rows, n_rows)
+    for start in range(0, n_rows, block_rows):
+        yield min(start, n_rows - block_rows), block_rows
+
+
+def _by_rows(x) -> bool:
+    """Whether an array is saved block by block: larger than one block and on a single device of one process."""
+    sharding = getattr(x, "sharding", None)
+    return (isinstance(x, jax.Array) and x.ndim >= 1 and x.nbytes > ROW_BLOCK_BYTES and sharding is not None
+            and len(sharding.device_set) == 1 and jax.process_count() == 1)
+
+
+class _RowsSave(ocp.args.CheckpointArgs):
+    def __init__(self, arrays: dict[tuple[str, ...], jax.Array]):
+        self.arrays = arrays
+
+
+class _RowsRestore(ocp.args.CheckpointArgs):
+    def __init__(self, targets: dict[tuple[str, ...], Any]):
+        self.targets = targets
+
+
+class _RowsHandler(ocp.CheckpointHandler):
+    """The ``rows`` item: large single-device arrays as zarr3 arrays, one chunk per block of rows."""
+
+    def save(self, directory, args: _RowsSave):
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        index = []  # one entry per array; its tree path as a list of keys (a key may itself hold a "/")
+        for i, (keys, x) in enumerate(args.arrays.items()):
+            row_bytes = x.nbytes // x.shape[0]
+            block_rows = max(1, min(x.shape[0], ROW_BLOCK_BYTES // max(1, row_bytes)))
+            index.append({"keys": list(keys), "path": str(i), "shape": list(x.shape), "dtype": np.dtype(x.dtype).name,
+                          "block_rows": block_rows})
+            # every block is stored, zeros included, so a missing block file is damage (zarr would read zeros)
+            metadata = {"shape": list(x.shape), "data_type": np.dtype(x.dtype).name,
+                        "chunk_grid": {"name": "regular",
+                                       "configuration": {"chunk_shape": [block_rows, *x.shape[1:]]}},
+                        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}
+            store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(directory / str(i))},
+                             "store_data_equal_to_fill_value": True, "metadata": metadata},
+                            create=True, delete_existing=True).result()
+            for start in range(0, x.shape[0], block_rows):  # one block of rows on the host at a time
+                stop = min(start + block_rows, x.shape[0])
+                store[start:stop].write(np.asarray(x[start:stop])).result()
+        (directory / _ROWS_INDEX).write_text(json.dumps(index))
+
+    def metadata(self, directory) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+        index = json.loads((Path(directory) / _ROWS_INDEX).read_text())
+        return {tuple(e["keys"]): jax.ShapeDtypeStruct(tuple(e["shape"]), np.dtype(e["dtype"])) for e in index}
+
+    def restore(self, directory, args: _RowsRestore) -> dict[tuple[str, ...], jax.Array]:
+        directory = Path(directory)
+        index = {tuple(e["keys"]): e for e in json.loads((directory / _ROWS_INDEX).read_text())}
+        out = {}
+        for keys, target in args.targets.items():
+            entry = index[keys]
+            path = directory / entry["path"]
+            n_rows, block_rows = entry["shape"][0], entry["block_rows"]
+            # zarr reads a missing chunk as zeros: a deleted block file must be an error, not a zeroed table
+            tail = "/0" * (len(entry["shape"]) - 1)  # zarr3 chunk keys: c/<block>/0/... (one chunk per block)
+            missing = [j for j in range(-(-n_rows // block_rows)) if not (path / f"c/{j}{tail}").is_file()]
+            if missing:
+                raise FileNotFoundError(f"{path} lacks the block files of rows {missing[0] * block_rows}.. "
+                                        f"({len(missing)} of {-(-n_rows // block_rows)} blocks missing)")
+            store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}},
+                            open=True).result()
+            sharding = getattr(target, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            dtype = np.dtype(entry["dtype"])
+            if len(sharding.device_set) == 1:
+                # one block of rows at a time, written into the array's own memory (donated)
+                array = _zeros(tuple(entry["shape"]), dtype, sharding)
+                for start, rows in _blocks(n_rows, block_rows):
+                    array = _put_rows(array, store[start:start + rows].read().result(), np.int32(start))
+                    array.block_until_ready()  # so that at most one host block is waiting
+            else:  # a sharded target (resumed on a mesh): each device's rows read and placed on it
+                shape = tuple(entry["shape"])
+                shards = [jax.device_put(store[idx].read().result(), d)
+                          for d, idx in sharding.addressable_devices_indices_map(shape).items()]
+                array = jax.make_array_from_single_device_arrays(shape, sharding, shards)
+            out[keys] = array
+        return out
+
+
+def _zeros(shape, dtype, sharding):
+    return jax.jit(lambda: jax.numpy.zeros(shape, dtype), out_shardings=sharding)()
+
+
+ocp.args.register_with_handler(_RowsHandler, for_save=True)(_RowsSave)
+ocp.args.register_with_handler(_RowsHandler, for_restore=True)(_RowsRestore)
+
+
+Keys = tuple[str, ...]
+
+
+def _split(tree, take: Callable[[Keys, Any], bool], prefix: Keys = ()) -> tuple[Any, dict[Keys, Any]]:
+    """``(tree without the leaves take(keys, leaf) picks, {keys: picked leaf})`` for a tree of nested dicts."""
+    if isinstance(tree, dict):
+        rest, picked = {}, {}
+        for k, v in tree.items():
+            keys = (*prefix, str(k))
+            if not isinstance(v, dict) and take(keys, v):
+                picked[keys] = v
+                continue
+            rest[k], more = _split(v, take, keys)
+            picked.update(more)
+        return rest, picked
+    return tree, {}
+
+
+def _merge(tree: dict, picked: dict[Keys, Any]) -> dict:
+    """``tree`` with each ``picked[keys]`` put back at its path of keys (the inverse of :func:`_split`)."""
+    tree = dict(tree)
+    for (node, *rest), v in picked.items():
+        tree[node] = _merge(tree.get(node, {}), {tuple(rest): v}) if rest else v
+    return tree
+
+
 def _flat(tree) -> dict[str, Any]:
     def name(k):
         return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
@@ -121,15 +262,21 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                             cleanup_tmp_directories=True, temporary_path_class=_CommittedRenamePath)
+        # orbax's in-flight bound is set to the blocks' scale: arrays it moves whole are at most ROW_BLOCK_BYTES
+        # unless sharded (then each host moves its shards)
         self._mgr = ocp.CheckpointManager(self.directory, options=opts, item_handlers={
-            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+            "state": ocp.StandardCheckpointHandler(save_concurrent_gb=1, restore_concurrent_gb=1),
+            "meta": ocp.JsonCheckpointHandler(), "rows": _RowsHandler()})
 
     def save(self, state, data_position: dict | None = None) -> int:
         """Save ``state`` under its step number and return the step (``data_position`` must be JSON)."""
         step = int(state.step)
         meta = {"step": step, "rng_impl": str(jax.random.key_impl(state.rng)), **(data_position or {})}
-        self._mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_saveable(state)),
-                                                     meta=ocp.args.JsonSave(meta)), force=True)
+        small, big = _split(_to_saveable(state), lambda _, x: _by_rows(x))
+        items = {"state": ocp.args.StandardSave(small), "meta": ocp.args.JsonSave(meta)}
+        if big:
+            items["rows"] = _RowsSave(big)
+        self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
         self._mgr.wait_until_finished()
         return step
 
@@ -189,13 +336,19 @@ class Checkpointer:
     def _restore_step(self, step: int, abstract) -> dict:
         # The stored shapes are compared first, from orbax's metadata: a mismatch is then one line, not a
         # tensorstore read error (which orbax raises only after starting every other read).
-        stored = self._mgr.item_metadata(step)["state"]
-        stored = getattr(stored, "tree", stored)
+        metadata = self._mgr.item_metadata(step)
+        stored = getattr(metadata["state"], "tree", metadata["state"])
         if stored is None:
             raise FileNotFoundError(f"{self.directory / str(step)} holds no readable train state")
-        _check_fits(_flat(stored), _flat(abstract), f"checkpoint step {step} in {self.directory}")
-        return self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                               meta=ocp.args.JsonRestore()))
+        by_rows = metadata["rows"] if "rows" in metadata and metadata["rows"] is not None else {}
+        _check_fits({**_flat(stored), **{"/".join(k): v for k, v in by_rows.items()}}, _flat(abstract),
+                    f"checkpoint step {step} in {self.directory}")
+        small, big = _split(abstract, lambda path, _: path in by_rows)
+        items = {"state": ocp.args.StandardRestore(small), "meta": ocp.args.JsonRestore()}
+        if big:
+            items["rows"] = _RowsRestore(big)
+        out = self._mgr.restore(step, args=ocp.args.Composite(**items))
+        return {"state": _merge(dict(out["state"]), dict(out["rows"]) if big else {}), "meta": out["meta"]}
 
     def _set_aside(self, step: int) -> Path:
         src = self.directory / str(step)

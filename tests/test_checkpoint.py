@@ -65,6 +65,26 @@ def test_save_restore_roundtrip(tmp_path, data, sparse):
         np.testing.assert_array_equal(a, w)
 
 
+def test_fit_resumes_into_the_shapes_of_its_own_initial_state(tmp_path, data, monkeypatch):
+    # fit initializes a state, and when a checkpoint exists restores into its shapes only (the initial state is
+    # freed first), so a resumed run holds one state (plus a block of rows), not two.
+    trainer = _trainer()
+    _fit(trainer, data, checkpoint_dir=tmp_path, checkpoint_every=7)
+    seen = []
+    restore = Checkpointer.restore
+
+    def spy(self, target, *a, **kw):
+        seen.append(all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(target)))
+        return restore(self, target, *a, **kw)
+
+    monkeypatch.setattr(Checkpointer, "restore", spy)
+    resumed, _ = _fit(trainer, data, checkpoint_dir=tmp_path)
+    assert seen == [True] and int(resumed.step) == 40
+    given = trainer.init(0, next(batches(data.train, BATCH, seed=0)))
+    _fit(trainer, data, checkpoint_dir=tmp_path, state=given)  # a caller's state is the caller's: restored into
+    assert seen == [True, False]
+
+
 class _Interrupt(Exception):
     pass
 
