@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from mlet_jax.data._text import RaggedLines
 from mlet_jax.data.base import Schema
 from mlet_jax.data.cache import SPLITS, CacheWriter
 from mlet_jax.data.errors import DataFormatError
@@ -615,8 +616,6 @@ def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, p
     :class:`~mlet_jax.data._text.RaggedLines` when they are not whole rows, and the block is then split and parsed
     the checked way. The store and the bar are closed whatever happens.
     """
-    from mlet_jax.data._text import RaggedLines
-
     try:
         for block in blocks:
             arrays = None
