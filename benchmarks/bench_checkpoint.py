@@ -31,18 +31,10 @@ import sys
 import threading
 import time
 
-from benchmarks.bench_init_memory import CRITEO_KAGGLE
+from benchmarks.bench_init_memory import CRITEO_KAGGLE, _rss_mib
 from benchmarks.common import machine
 
 SETTINGS = {"whole": 1 << 62, "rows": None}  # ROW_BLOCK_BYTES: orbax moves every array whole / the default
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class _PeakRSS:
