@@ -79,15 +79,13 @@ def compact_plan_for(vocab, batch: int, first_ids=None):
     with ``first_ids`` (``[batch, F]`` field-local ids), the capacity the train step takes from its first batch
     (``TrainConfig.compact_headroom`` by default times its distinct rows,
     :meth:`mlet_jax.training.Trainer.compact_capacity`); without, :data:`~mlet_jax.row_sparse.COMPACT_FRACTION`."""
-    import math
-
-    from mlet_jax.row_sparse import batch_tiles, compact_plan
+    from mlet_jax.row_sparse import capacity_for, compact_plan
     from mlet_jax.training import COMPACT_HEADROOM
 
     cap = None
     if first_ids is not None and COMPACT_HEADROOM:
         rows = np.asarray(first_ids) + np.concatenate([[0], np.cumsum(vocab)[:-1]])[None, :]
-        cap = math.ceil(COMPACT_HEADROOM * batch_tiles(rows, vocab, 1))
+        cap = capacity_for(rows, vocab, 1, COMPACT_HEADROOM)
     return compact_plan(vocab, (1,) * len(vocab), batch, tiled=False, capacity_tiles=cap)
 
 

@@ -28,6 +28,7 @@ no closed form, so it is refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -241,6 +242,12 @@ def batch_tiles(rows_BxS, table_sizes, tile: int) -> int:
     per_field = np.bincount(np.searchsorted(np.cumsum(table_sizes), distinct, side="right"),
                             minlength=len(table_sizes))
     return int((-(-per_field // tile)).sum())
+
+
+def capacity_for(rows_BxS, table_sizes, tile: int, headroom: float) -> int:
+    """The compact step's capacity in tiles for batches like this one: ``headroom`` times its :func:`batch_tiles`,
+    rounded up (what ``TrainConfig.compact_headroom`` takes from the first batch)."""
+    return math.ceil(headroom * batch_tiles(rows_BxS, table_sizes, tile))
 
 
 def compact_rows(rows_U: jax.Array, slot_BxS: jax.Array, slots, tile: int, capacity_tiles: int) -> Compact:

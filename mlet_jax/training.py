@@ -358,7 +358,7 @@ class Trainer:
         stage = self.stage
         rows = np.asarray(stage.row_ids(jnp.asarray(ids)))
         tile = row_sparse.compact_tile(rows.shape[0], stage.spec.kind == "mlet")
-        return math.ceil(self.config.compact_headroom * row_sparse.batch_tiles(rows, stage.table_sizes, tile))
+        return row_sparse.capacity_for(rows, stage.table_sizes, tile, self.config.compact_headroom)
 
     def _step(self, state: TrainState, batch: dict, capacity_tiles: int | None = None):
         if self.mesh is not None:
