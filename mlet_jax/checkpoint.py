@@ -180,17 +180,17 @@ class _RowsHandler(ocp.CheckpointHandler):
             n_rows, block_rows = entry["shape"][0], entry["block_rows"]
             # zarr reads a missing chunk as zeros: a deleted block file must be an error, not a zeroed table
             tail = "/0" * (len(entry["shape"]) - 1)  # zarr3 chunk keys: c/<block>/0/... (one chunk per block)
-            missing = [j for j in range(-(-n_rows // block_rows)) if not (path / f"c/{j}{tail}").is_file()]
+            n_blocks = -(-n_rows // block_rows)
+            missing = [j for j in range(n_blocks) if not (path / f"c/{j}{tail}").is_file()]
             if missing:
                 raise FileNotFoundError(f"{path} lacks the block files of rows {missing[0] * block_rows}.. "
-                                        f"({len(missing)} of {-(-n_rows // block_rows)} blocks missing)")
+                                        f"({len(missing)} of {n_blocks} blocks missing)")
             store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}},
                             open=True).result()
             sharding = getattr(target, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            dtype = np.dtype(entry["dtype"])
             if len(sharding.device_set) == 1:
                 # one block of rows at a time, written into the array's own memory (donated)
-                array = _zeros(tuple(entry["shape"]), dtype, sharding)
+                array = jax.numpy.zeros(tuple(entry["shape"]), np.dtype(entry["dtype"]), device=sharding)
                 for start, rows in _blocks(n_rows, block_rows):
                     array = _put_rows(array, store[start:start + rows].read().result(), np.int32(start))
                     array.block_until_ready()  # so that at most one host block is waiting
@@ -201,10 +201,6 @@ class _RowsHandler(ocp.CheckpointHandler):
                 array = jax.make_array_from_single_device_arrays(shape, sharding, shards)
             out[keys] = array
         return out
-
-
-def _zeros(shape, dtype, sharding):
-    return jax.jit(lambda: jax.numpy.zeros(shape, dtype), out_shardings=sharding)()
 
 
 ocp.args.register_with_handler(_RowsHandler, for_save=True)(_RowsSave)
@@ -340,7 +336,7 @@ class Checkpointer:
         stored = getattr(metadata["state"], "tree", metadata["state"])
         if stored is None:
             raise FileNotFoundError(f"{self.directory / str(step)} holds no readable train state")
-        by_rows = metadata["rows"] if "rows" in metadata and metadata["rows"] is not None else {}
+        by_rows = metadata.get("rows") or {}  # steps with no array large enough have no rows item
         _check_fits({**_flat(stored), **{"/".join(k): v for k, v in by_rows.items()}}, _flat(abstract),
                     f"checkpoint step {step} in {self.directory}")
         small, big = _split(abstract, lambda path, _: path in by_rows)
