@@ -180,3 +180,17 @@ def test_bench_compact_fraction_argument_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         bench_compact_fraction.main(argv)
     assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_chunked_side_counts_every_chunks_flops():
+    """XLA's cost analysis counts a scan's body once; a chunked side reports its one-pass twin's FLOPs, which are
+    at least the MLPs' matmuls counted by hand (forward 2 B m n per layer, backward twice that)."""
+    rows = bench_torchrec.run(batches=(64,), repeats=1, steps=1, n_batches=1, parts=("dlrm",), kinds=("single",),
+                              toy=True, ceilings=False, chunks=(0, 16), log=lambda s: None)
+    gflop = {r["side"].rsplit("chunk", 1)[1]: r["gflop_per_step"] for r in rows[:-1]}
+    assert set(gflop) == {"0", "16"}
+    n_f, d = len(bench_torchrec.TOY_VOCAB) + 1, 16  # run()'s default dim
+    bottom = [bench_torchrec.NUM_DENSE, 16, 8, d]
+    top = [d + n_f * (n_f - 1) // 2, 16, 8, 1]
+    matmul = sum(2 * 64 * m * n * 3 for dims in (bottom, top) for m, n in zip(dims[:-1], dims[1:]))
+    assert gflop["16"] == pytest.approx(gflop["0"], rel=1e-6) and gflop["16"] * 1e9 >= matmul
