@@ -428,4 +428,7 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    from mlet_jax.runtime import tune_malloc  # the torch side's venv imports this file's helpers without mlet_jax
+
+    tune_malloc()
     main()

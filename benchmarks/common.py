@@ -75,8 +75,10 @@ def _static_machine() -> dict:
 
 def machine() -> dict:
     """Where and when a number was measured: host, OS, CPUs, JAX and its devices, the commit, the load average."""
+    from mlet_jax.runtime import malloc_tuned  # not at the top: the torch side runs this module without mlet_jax
+
     return {**_static_machine(), "load_avg": [round(x, 2) for x in os.getloadavg()],
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "malloc_tuned": malloc_tuned()}
 
 
 def describe(m: dict) -> str:

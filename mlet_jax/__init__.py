@@ -6,7 +6,8 @@ The short public surface (the README's example)::
 
 Everything else lives in its module: :mod:`mlet_jax.data`, :mod:`mlet_jax.embeddings`, :mod:`mlet_jax.models`,
 :mod:`mlet_jax.optim`, :mod:`mlet_jax.row_sparse`, :mod:`mlet_jax.training`, :mod:`mlet_jax.distributed`,
-:mod:`mlet_jax.checkpoint`, :mod:`mlet_jax.metrics`, :mod:`mlet_jax.compression`.
+:mod:`mlet_jax.checkpoint`, :mod:`mlet_jax.metrics`, :mod:`mlet_jax.compression`, :mod:`mlet_jax.runtime`
+(glibc malloc settings the command line applies for fast CPU steps).
 
 Layers (``tests/test_layering.py`` checks them from the import graph): ``data`` <- ``embeddings``, ``optim``,
 ``models`` <- ``row_sparse``, ``checkpoint``, ``distributed``, ``training`` <- the command line and the demo.

@@ -18,7 +18,7 @@ FIRST_PARTY = ("mlet_jax", "theory", "experiments", "benchmarks")
 # A module may import modules of its own layer or below. Every mlet_jax module must be placed here (subpackages by
 # prefix), so a new module's place in the layering is a decision, not an accident.
 LAYERS = {
-    0: ("mlet_jax.data", "mlet_jax.io", "mlet_jax.metrics", "mlet_jax.oov"),
+    0: ("mlet_jax.data", "mlet_jax.io", "mlet_jax.metrics", "mlet_jax.oov", "mlet_jax.runtime"),
     1: ("mlet_jax.embeddings", "mlet_jax.optim", "mlet_jax.models", "mlet_jax.compression", "mlet_jax.spectra"),
     2: ("mlet_jax.row_sparse", "mlet_jax.distributed", "mlet_jax.checkpoint", "mlet_jax.training",
         "mlet_jax.serving", "mlet_jax.runlog", "mlet_jax.multirun"),
