@@ -46,3 +46,23 @@ def test_tuned_malloc_reuses_freed_buffers_and_opt_out_does_not():
     assert off["tuned"] is False and on["tuned"] is True and on["again"] is True
     assert off["faults"] >= 0.9 * pages  # every buffer a fresh mapping
     assert on["faults"] <= 0.02 * pages  # the freed buffer reused
+
+
+def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path):
+    from benchmarks import bench_malloc
+
+    out = tmp_path / "m.jsonl"
+    rows = bench_malloc.main(["--toy", "--kinds", "single", "--batches", "32", "--rounds", "1", "--steps", "2",
+                              "--repeats", "1", "--out", str(out)])
+    assert [r["malloc_tuned"] for r in rows] == [False, sys.platform.startswith("linux")]
+    assert all(r["ms_per_step"] > 0 and r["faults_per_step"] >= 0 and r["batch"] == 32 for r in rows)
+    assert [r["machine"]["malloc_tuned"] for r in rows] == [False, False]  # the parent's own allocator is untouched
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_bench_malloc_argument_errors(capsys):
+    from benchmarks import bench_malloc
+
+    with pytest.raises(SystemExit) as e:
+        bench_malloc.main(["--rounds", "0"])
+    assert e.value.code == 2 and "--rounds: must be >= 1" in capsys.readouterr().err
