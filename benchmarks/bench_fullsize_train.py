@@ -34,7 +34,7 @@ from mlet_jax.io import write_json_output
 from mlet_jax.models import collapse_model
 from mlet_jax.models.dlrm import DLRM
 from mlet_jax.optim import OptimizerSpec
-from mlet_jax.runtime import tune_malloc
+from mlet_jax.runtime import reexec_with_tuned_malloc
 from mlet_jax.training import TrainConfig, Trainer
 
 
@@ -183,5 +183,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    tune_malloc()
+    reexec_with_tuned_malloc()
     main()

@@ -1,4 +1,4 @@
-"""DLRM train steps with and without :func:`mlet_jax.runtime.tune_malloc`: ms per step and page faults per step.
+"""DLRM train steps with and without glibc malloc tuning (:mod:`mlet_jax.runtime`): ms and page faults per step.
 
 Each setting runs in a fresh process (the allocator's settings are per process), settings alternating for
 ``--rounds`` rounds, on bench_torchrec's shapes and Zipf ids (26 peer-bench tables, d 16, bottom 512-256-128-16, top
@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from benchmarks.common import machine, write_jsonl
+from mlet_jax.runtime import TUNABLES, reexec_with_tuned_malloc
 
 
 def child(kind: str, batches: list[int], steps: int, repeats: int, toy: bool = False) -> list[dict]:
@@ -28,9 +29,9 @@ def child(kind: str, batches: list[int], steps: int, repeats: int, toy: bool = F
     import jax
 
     from benchmarks import bench_torchrec as bt
-    from mlet_jax.runtime import tune_malloc
+    from mlet_jax.runtime import malloc_tuned
 
-    tuned = tune_malloc()
+    tuned = malloc_tuned()
     out = []
     for b in batches:
         vocab = bt.TOY_VOCAB if toy else bt.VOCAB
@@ -76,6 +77,7 @@ def main(argv=None) -> list[dict]:
     if any(b < 1 for b in args.batches):
         p.error("--batches: every batch size must be >= 1")
     if args.child:
+        reexec_with_tuned_malloc()  # the child's first act: it may replace the process
         print(json.dumps(child(args.child, args.batches, args.steps, args.repeats, args.toy)))
         return []
     rows = []
@@ -83,6 +85,9 @@ def main(argv=None) -> list[dict]:
         for kind in args.kinds:
             for setting in ("0", "1"):
                 env = {**os.environ, "MLET_MALLOC_TUNING": setting}
+                if setting == "0":  # untuned even when this process runs tuned
+                    env["GLIBC_TUNABLES"] = ":".join(t for t in env.get("GLIBC_TUNABLES", "").split(":")
+                                                     if t and t not in TUNABLES.split(":"))
                 cmd = [sys.executable, "-m", "benchmarks.bench_malloc", "--child", kind, "--steps", str(args.steps),
                        "--repeats", str(args.repeats), "--batches", *map(str, args.batches)] + ["--toy"] * args.toy
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)

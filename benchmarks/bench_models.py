@@ -31,7 +31,7 @@ from mlet_jax.data.base import batches
 from mlet_jax.data.synthetic import make_synthetic
 from mlet_jax.models import MODELS, build_model
 from mlet_jax.models.presets import paper_embedding, paper_optimizer
-from mlet_jax.runtime import tune_malloc
+from mlet_jax.runtime import reexec_with_tuned_malloc
 from mlet_jax.training import TrainConfig, Trainer
 
 KINDS = ("single", "mlet")
@@ -100,5 +100,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    tune_malloc()
+    reexec_with_tuned_malloc()
     main()

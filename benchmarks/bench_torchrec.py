@@ -428,7 +428,7 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from mlet_jax.runtime import tune_malloc  # the torch side's venv imports this file's helpers without mlet_jax
+    from mlet_jax.runtime import reexec_with_tuned_malloc  # not at the top: the torch venv has no mlet_jax
 
-    tune_malloc()
+    reexec_with_tuned_malloc()
     main()

@@ -27,7 +27,7 @@ import numpy as np
 
 from mlet_jax.data.synthetic import make_synthetic
 from mlet_jax.io import OutputExistsError, atomic_write_text, check_output_dir, claim_output_dir
-from mlet_jax.runtime import tune_malloc
+from mlet_jax.runtime import reexec_with_tuned_malloc
 from mlet_jax.train import RunConfig, run
 
 COLLAPSE_TOL = 1e-5
@@ -161,5 +161,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_malloc()
+    reexec_with_tuned_malloc()
     sys.exit(main())

@@ -1,51 +1,61 @@
-"""Process settings for fast CPU steps: glibc malloc's thresholds (:func:`tune_malloc`).
+"""Process settings for fast CPU steps: glibc malloc's thresholds (:func:`reexec_with_tuned_malloc`).
 
 XLA's CPU runtime takes each step's temporary buffers from ``malloc``. glibc serves a request above its mmap
-threshold (at most 32 MiB by its own dynamic rule) with a fresh ``mmap`` and returns freed memory at the top of a
-heap to the kernel past its trim threshold (128 KiB), so a step whose temporaries exceed that (DLRM at batch 4096:
-~40 MiB) touches fresh pages every step: ~10,000 page faults and ~14 ms of a ~120 ms step on the 2-core benchmark
-box, the gap that kept batch 4096 slower per sample than batch 1024 (BENCHMARKS.md, "Allocator"). Raising both
-thresholds keeps freed buffers in the process for the next step.
+threshold (at most 32 MiB by its own dynamic rule) with a fresh ``mmap``, and gives an emptied heap back to the
+kernel, so a step whose temporaries exceed that (DLRM at batch 4096: ~40 MiB) touches fresh pages every step:
+~10,000 page faults and ~12% of a ~120 ms step on the 2-core benchmark box, the gap that kept batch 4096 slower per
+sample than batch 1024 (BENCHMARKS.md, "Allocator"). Raising the thresholds keeps freed buffers for the next step.
 
-The cost: memory a step frees (in blocks under 1 GiB) stays in the process for reuse instead of going back to the
-kernel, so the resident size stays at its high-water mark. Blocks of 1 GiB and more (full-size tables) are still
-mapped and unmapped on their own.
+glibc reads them from ``$GLIBC_TUNABLES`` once, when the process starts (``mallopt`` later in the process does not
+reach the heaps XLA's threads already use: measured, the faults stay), so the command-line entry points
+(``python -m mlet_jax.train``, ``mlet_jax.demo``, the benchmarks) re-run themselves once with it set. From Python,
+start the interpreter with ``GLIBC_TUNABLES=`` :data:`TUNABLES`. ``MLET_MALLOC_TUNING=0`` turns the re-run off, and a
+``GLIBC_TUNABLES`` that already sets either threshold is left as the user wrote it.
 
-The command-line entry points (``python -m mlet_jax.train``, ``mlet_jax.demo``, the benchmarks) call
-:func:`tune_malloc` first; from Python call it yourself, once, before training. ``MLET_MALLOC_TUNING=0`` in the
-environment turns it off everywhere.
+The cost: memory freed in blocks under 1 GiB stays in the process for reuse instead of going back to the kernel, so
+the resident size stays near its high-water mark. Blocks of 1 GiB and more (full-size tables) are still mapped and
+unmapped on their own.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
+import sys
 
-MMAP_THRESHOLD = 1 << 30  # bytes: requests below this come from the heap, whose freed memory is reused
-TRIM_THRESHOLD = 2**31 - 1  # bytes (a C int): free memory at a heap's top before it is returned to the kernel
+TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"  # 1 GiB, 4 GiB
 OPT_OUT = "MLET_MALLOC_TUNING"  # "0": leave the allocator alone
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-_state: dict[str, bool] = {}
+_RERUN = "MLET_MALLOC_RERUN"  # set in the re-run process, so that it never re-runs twice
 
 
-def tune_malloc() -> bool:
-    """Raise glibc malloc's mmap and trim thresholds for this process; ``True`` if they are now set.
-
-    Does nothing (``False``) off Linux/glibc, or when ``$MLET_MALLOC_TUNING`` is ``0``. Idempotent.
-    """
-    if os.environ.get(OPT_OUT, "1").strip() == "0":
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if "done" not in _state:
-        libc = ctypes.CDLL(None)  # the C library this process already runs on
-        _state["done"] = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    return _state["done"]
+def _glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def malloc_tuned() -> bool:
-    """Whether :func:`tune_malloc` has set the thresholds in this process (benchmarks record it)."""
-    return _state.get("done", False)
+    """Whether this process started with :data:`TUNABLES` in ``$GLIBC_TUNABLES`` (benchmarks record it)."""
+    have = os.environ.get("GLIBC_TUNABLES", "").split(":")
+    return _glibc() and all(t in have for t in TUNABLES.split(":"))
+
+
+def reexec_with_tuned_malloc() -> bool:
+    """Re-run this command (same interpreter, options and arguments) with :data:`TUNABLES` added to
+    ``$GLIBC_TUNABLES``, unless it already has them; ``True`` if this process runs with them.
+
+    For command-line entry points only: it replaces the process, so call it first in ``if __name__ ==
+    "__main__":``, before any output or work. Returns ``False`` without re-running off Linux/glibc, with
+    ``$MLET_MALLOC_TUNING`` = ``0``, when ``$GLIBC_TUNABLES`` already sets a malloc threshold of its own, or when
+    this process is itself the re-run (the tunables did not take: go on untuned).
+    """
+    if malloc_tuned():
+        return True
+    if os.environ.get(OPT_OUT, "1").strip() == "0" or not _glibc() or os.environ.get(_RERUN):
+        return False
+    have = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" in have or "glibc.malloc.trim_threshold" in have:
+        return False
+    env = {**os.environ, "GLIBC_TUNABLES": f"{have}:{TUNABLES}" if have else TUNABLES, _RERUN: "1"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    return True  # not reached

@@ -41,7 +41,7 @@ from mlet_jax.models.presets import paper_embedding, paper_loss_reduction, paper
 from mlet_jax.multirun import parse_seeds
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.runlog import RunLog, check_target
-from mlet_jax.runtime import tune_malloc
+from mlet_jax.runtime import reexec_with_tuned_malloc
 from mlet_jax.training import TrainConfig, Trainer, fit
 
 # The "format" tag of the JSON record --out holds: mlet_jax.io lets a later run replace only files carrying it.
@@ -395,5 +395,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    tune_malloc()
+    reexec_with_tuned_malloc()
     main(sys.argv[1:])

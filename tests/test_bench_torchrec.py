@@ -192,5 +192,5 @@ def test_chunked_side_counts_every_chunks_flops():
     n_f, d = len(bench_torchrec.TOY_VOCAB) + 1, 16  # run()'s default dim
     bottom = [bench_torchrec.NUM_DENSE, 16, 8, d]
     top = [d + n_f * (n_f - 1) // 2, 16, 8, 1]
-    matmul = sum(2 * 64 * m * n * 3 for dims in (bottom, top) for m, n in zip(dims[:-1], dims[1:]))
+    matmul = sum(2 * 64 * m * n * 3 for dims in (bottom, top) for m, n in zip(dims[:-1], dims[1:], strict=True))
     assert gflop["16"] == pytest.approx(gflop["0"], rel=1e-6) and gflop["16"] * 1e9 >= matmul

@@ -1,5 +1,6 @@
-"""mlet_jax.runtime.tune_malloc: with it, a freed 40 MiB buffer is reused instead of re-mapped, counted in page
-faults (a fresh mapping faults once per 4 KiB page it touches: 10,240 for 40 MiB); the opt-out leaves glibc as is."""
+"""mlet_jax.runtime: a command re-run with the malloc tunables reuses a freed 40 MiB buffer instead of mapping it
+afresh, counted in page faults (a fresh mapping faults once per 4 KiB page it touches: 10,240 for 40 MiB); the
+opt-out and a user's own thresholds are left alone; bench_malloc runs both settings."""
 
 import json
 import os
@@ -8,10 +9,12 @@ import sys
 
 import pytest
 
-_CHILD = r"""
-import ctypes, json, resource
 from mlet_jax import runtime
-tuned = runtime.tune_malloc()
+
+_CHILD = r"""
+import ctypes, json, os, resource
+from mlet_jax import runtime
+again = runtime.reexec_with_tuned_malloc()  # may replace this process: everything above runs twice
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -28,24 +31,36 @@ f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     touch()
 f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-print(json.dumps({"tuned": tuned, "again": runtime.tune_malloc(), "faults": (f1 - f0) / 10}))
+print(json.dumps({"tuned": runtime.malloc_tuned(), "returned": again, "faults": (f1 - f0) / 10,
+                  "tunables": os.environ.get("GLIBC_TUNABLES")}))
 """
+PAGES = (40 << 20) // 4096
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 
 
-def _run(env_extra):
-    env = {**os.environ, **env_extra}
-    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True)
+def _run(**env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MLET_MALLOC_RERUN")}
+    out = subprocess.run([sys.executable, "-c", _CHILD], env={**env, **env_extra}, capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_tuned_malloc_reuses_freed_buffers_and_opt_out_does_not():
-    pages = (40 << 20) // 4096
-    off = _run({"MLET_MALLOC_TUNING": "0"})
-    on = _run({"MLET_MALLOC_TUNING": "1"})
-    assert off["tuned"] is False and on["tuned"] is True and on["again"] is True
-    assert off["faults"] >= 0.9 * pages  # every buffer a fresh mapping
-    assert on["faults"] <= 0.02 * pages  # the freed buffer reused
+@linux
+def test_rerun_with_tunables_reuses_freed_buffers():
+    on = _run(MLET_MALLOC_TUNING="1")
+    assert on["tuned"] is True and on["returned"] is True and on["tunables"] == runtime.TUNABLES
+    assert on["faults"] <= 0.02 * PAGES  # the freed buffer reused
+
+
+@linux
+def test_opt_out_and_users_own_thresholds_are_left_alone():
+    off = _run(MLET_MALLOC_TUNING="0")
+    assert off["tuned"] is False and off["returned"] is False and off["tunables"] is None
+    assert off["faults"] >= 0.9 * PAGES  # every buffer a fresh mapping
+    own = _run(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")
+    assert own["returned"] is False and own["tunables"] == "glibc.malloc.trim_threshold=131072"
+    other = _run(GLIBC_TUNABLES="glibc.malloc.tcache_count=7")  # another tunable: ours are added to it
+    assert other["tuned"] is True and other["tunables"] == f"glibc.malloc.tcache_count=7:{runtime.TUNABLES}"
 
 
 def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path):
@@ -56,7 +71,6 @@ def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path):
                               "--repeats", "1", "--out", str(out)])
     assert [r["malloc_tuned"] for r in rows] == [False, sys.platform.startswith("linux")]
     assert all(r["ms_per_step"] > 0 and r["faults_per_step"] >= 0 and r["batch"] == 32 for r in rows)
-    assert [r["machine"]["malloc_tuned"] for r in rows] == [False, False]  # the parent's own allocator is untouched
     assert len(out.read_text().splitlines()) == 2
 
 
