@@ -1,6 +1,7 @@
 """mlet_jax.runtime: a command re-run with the malloc tunables reuses a freed 40 MiB buffer instead of mapping it
 afresh, counted in page faults (a fresh mapping faults once per 4 KiB page it touches: 10,240 for 40 MiB); the
-opt-out and a user's own thresholds are left alone; bench_malloc runs both settings."""
+opt-out and a user's own settings are left alone; a block larger than a thread's heap faults per 2 MiB huge page;
+bench_malloc runs each setting."""
 
 import json
 import os
@@ -59,16 +60,68 @@ def test_opt_out_and_users_own_thresholds_are_left_alone():
     assert off["faults"] >= 0.9 * PAGES  # every buffer a fresh mapping
     own = _run(GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")
     assert own["returned"] is False and own["tunables"] == "glibc.malloc.trim_threshold=131072"
+    own = _run(GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
+    assert own["returned"] is False and own["tunables"] == "glibc.malloc.hugetlb=0"
     other = _run(GLIBC_TUNABLES="glibc.malloc.tcache_count=7")  # another tunable: ours are added to it
     assert other["tuned"] is True and other["tunables"] == f"glibc.malloc.tcache_count=7:{runtime.TUNABLES}"
 
 
-def test_bench_malloc_runs_both_settings_in_fresh_processes(tmp_path):
+_THREAD_CHILD = r"""
+import ctypes, json, resource, threading
+from mlet_jax import runtime
+runtime.reexec_with_tuned_malloc()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+n = 80 << 20  # more than one of glibc's 64 MiB per-thread heaps holds: mapped afresh whatever the threshold
+out = {}
+
+def work():  # in a thread, as XLA's steps run: the thread allocates from its own arena
+    for i in range(13):
+        if i == 3:
+            out["f0"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(n)
+        ctypes.memset(p, 1, n)
+        libc.free(p)
+    out["f1"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+t = threading.Thread(target=work)
+t.start()
+t.join()
+print(json.dumps({"faults": (out["f1"] - out["f0"]) / 10}))
+"""
+
+
+def _thp_madvise() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            return "[never]" not in fh.read()
+    except OSError:
+        return False
+
+
+@linux
+@pytest.mark.skipif(not _thp_madvise(), reason="the kernel's transparent huge pages are off")
+def test_blocks_larger_than_a_thread_heap_fault_per_huge_page():
+    def run(**extra):
+        env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MLET_MALLOC_RERUN")}
+        out = subprocess.run([sys.executable, "-c", _THREAD_CHILD], env={**env, **extra}, capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["faults"]
+
+    pages = (80 << 20) // 4096
+    assert run(MLET_MALLOC_TUNING="0") >= 0.9 * pages  # 4 KiB pages, every block mapped afresh
+    assert run(MLET_MALLOC_TUNING="1") <= 0.1 * pages  # 2 MiB pages: 40 per block where the kernel has them
+
+
+def test_bench_malloc_runs_each_setting_in_a_fresh_process(tmp_path):
     from benchmarks import bench_malloc
 
+    assert bench_malloc.SETTINGS["thp"] == runtime.TUNABLES  # the benchmark measures the library's setting
     out = tmp_path / "m.jsonl"
     rows = bench_malloc.main(["--toy", "--kinds", "single", "--batches", "32", "--rounds", "1", "--steps", "2",
-                              "--repeats", "1", "--out", str(out)])
+                              "--repeats", "1", "--settings", "untuned", "thp", "--out", str(out)])
+    assert [r["setting"] for r in rows] == ["untuned", "thp"]
     assert [r["malloc_tuned"] for r in rows] == [False, sys.platform.startswith("linux")]
     assert all(r["ms_per_step"] > 0 and r["faults_per_step"] >= 0 and r["batch"] == 32 for r in rows)
     assert len(out.read_text().splitlines()) == 2
