@@ -5,9 +5,9 @@ Settings (``--settings``): ``untuned`` (glibc's defaults), ``thresholds`` (the m
 64 MiB limit of glibc's per-thread heaps), ``thp`` (the thresholds and ``hugetlb=1``: what glibc still maps afresh,
 it asks the kernel to back with 2 MiB transparent huge pages, 512x fewer faults; this is ``runtime.TUNABLES``).
 Each setting runs in a fresh process (the allocator's settings are read when a process starts), settings
-alternating for ``--rounds`` rounds, on bench_torchrec's shapes and Zipf ids (26 peer-bench tables, d 16, bottom 512-256-128-16, top
-512-256-1, SGD 0.2, the library's default chunking). A step's minor page faults come from ``getrusage``: a buffer
-glibc maps afresh faults once per 4 KiB page it touches, so faults x 4 KiB is the memory the step mapped anew.
+alternating for ``--rounds`` rounds, on bench_torchrec's shapes and Zipf ids (26 peer-bench tables, d 16, bottom
+512-256-128-16, top 512-256-1, SGD 0.2, the library's default chunking). A step's minor page faults come from
+``getrusage``: a buffer glibc maps afresh faults once per 4 KiB page it touches (once per 2 MiB with huge pages).
 
     .venv/bin/python -m benchmarks.bench_malloc --rounds 3 --out results/malloc.jsonl
 """

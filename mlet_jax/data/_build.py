@@ -11,16 +11,21 @@ writes. Vocabularies are fitted one field at a time in one pass over its keys: a
 open-addressing hash table) gives every distinct key a provisional code in order of first appearance, the training
 rows' codes are counted into an array indexed by code, and each row's code is written to disk (4 bytes, replacing
 its 8-byte key); the final ids (decreasing count, ties by increasing key) are then one permutation of the codes, so
-writing the splits is a gather ``perm[code]`` per field instead of a search. What is held is per distinct value
-(``STATE_BYTES_PER_VALUE``) plus the split codes (1 byte per row) and one block.
+writing the splits is a gather ``perm[code]`` per field instead of a search. Fields are fitted by ``FIT_THREADS``
+threads at once (numpy and polars release the GIL in the work that counts); the outputs do not depend on it. What is
+held is per distinct value (``STATE_BYTES_PER_VALUE``, for the fields being fitted at the moment) plus the split
+codes (1 byte per row) and one block per thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,6 +49,7 @@ _MASK63 = np.uint64((1 << 63) - 1)
 # until the splits are written: the code -> id permutation (int32), the vocabulary keys (int64), id_counts (int64).
 STATE_BYTES_PER_VALUE = 48 + 32 + 20
 _BLOCK_ROWS = 1 << 19        # rows per block read back, counted, looked up and written by finalize
+FIT_THREADS = 2              # fields fitted at once by finalize (peak memory: this many fields' KeyTables)
 _MERGE_ROWS = 1 << 22        # fit_vocab_blocks: merge pending block tables at this many rows (or the table's)
 _SORTED_LOOKUP = 1 << 16     # Vocab.lookup: vocabularies larger than this look up a block's distinct keys (sorted) only
 _TABLE_SLOTS = 1 << 12       # KeyTable: initial slots (a power of two; doubled whenever it would pass half full)
@@ -494,18 +500,26 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
     codes = np.asarray(codes, np.uint8)
     if len(codes) != n:
         raise ValueError(f"codes has {len(codes)} rows, the store {n}")
-    vocabs: dict[str, Vocab | _Fitted] = {}
-    for f in store.fields:
-        if f.kind != "key":
-            continue
-        r = per_field(hash_buckets, f.name, None)
-        if r:
-            if int(r) < 1:
-                raise ValueError(f"hash_buckets for {f.name!r} must be >= 1, got {r}")
-            vocabs[f.name] = Vocab(np.zeros(0, np.int64), hash_buckets=int(r))
-            continue
-        vocabs[f.name] = _fit_field(store, f.name, codes, block_rows, int(per_field(min_count, f.name, 1)),
-                                    vocab_split)
+    vocabs: dict[str, Vocab | _Fitted | concurrent.futures.Future] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=FIT_THREADS) as pool:
+        for f in store.fields:
+            if f.kind != "key":
+                continue
+            r = per_field(hash_buckets, f.name, None)
+            if r:
+                if int(r) < 1:
+                    raise ValueError(f"hash_buckets for {f.name!r} must be >= 1, got {r}")
+                vocabs[f.name] = Vocab(np.zeros(0, np.int64), hash_buckets=int(r))
+                continue
+            vocabs[f.name] = pool.submit(_fit_field, store, f.name, codes, block_rows,
+                                         int(per_field(min_count, f.name, 1)), vocab_split)
+        try:
+            vocabs = {k: v.result() if isinstance(v, concurrent.futures.Future) else v for k, v in vocabs.items()}
+        except BaseException:
+            for v in vocabs.values():  # the first error is raised; fields not started yet are not fitted
+                if isinstance(v, concurrent.futures.Future):
+                    v.cancel()
+            raise
     sizes = tuple(vocabs[f.name].size if f.kind == "key" else f.vocab_size for f in store.fields)
     slots = tuple(f.slots for f in store.fields)
     schema = Schema(field_names=tuple(f.name for f in store.fields), vocab_sizes=sizes,
@@ -606,6 +620,52 @@ def _bar(progress: bool, total: int, desc: str, unit: str = "row"):
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
 
 
+def read_ahead(items: Iterable, depth: int = 1) -> Iterator:
+    """``items``, produced by a background thread up to ``depth`` ahead of the consumer, so that reading the next
+    block (file reads release the GIL) overlaps the work on this one. An exception raised while producing reaches
+    the consumer after the items before it, as it would without the thread. When the consumer stops (an error, or
+    closing this iterator), the thread stops and closes ``items``."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        it = iter(items)
+        try:
+            for x in it:
+                if not put((x, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((end, e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=produce, name="mlet-read-ahead", daemon=True)
+    t.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is end:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+        t.join()
+
+
 def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, parse: Callable,
                       quick: Callable | None = None) -> None:
     """Split each text block into checked lines, parse them into ``store``, and advance the byte progress bar.
@@ -614,26 +674,34 @@ def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, p
     for :meth:`RawStore.append`. ``quick(block)``, if given, returns the block's lines unchecked
     (:func:`~mlet_jax.data._text.quick_lines`) or None; ``parse`` of those raises
     :class:`~mlet_jax.data._text.RaggedLines` when they are not whole rows, and the block is then split and parsed
-    the checked way. The store and the bar are closed whatever happens.
+    the checked way. The next block is read (:func:`read_ahead`) and the last one written to the store by two
+    background threads while this one is parsed; blocks are stored in order, and an error is raised after the blocks
+    before it were stored. The store and the bar are closed whatever happens.
     """
     try:
-        for block in blocks:
-            arrays = None
-            lines = quick(block) if quick is not None else None
-            if lines is not None:
-                try:
-                    arrays = parse(lines)
-                except RaggedLines:
-                    arrays = None
-            if arrays is None:
-                lines = split(block)
-                if len(lines.line_no):
-                    arrays = parse(lines)
-            if arrays is not None:
-                store.append(*arrays)
-            if bar is not None:
-                bar.n = block.bytes_read
-                bar.refresh()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
+            pending = None
+            for block in read_ahead(blocks):
+                arrays = None
+                lines = quick(block) if quick is not None else None
+                if lines is not None:
+                    try:
+                        arrays = parse(lines)
+                    except RaggedLines:
+                        arrays = None
+                if arrays is None:
+                    lines = split(block)
+                    if len(lines.line_no):
+                        arrays = parse(lines)
+                if arrays is not None:
+                    if pending is not None:
+                        pending.result()  # one block in flight: memory stays a few blocks
+                    pending = writer.submit(store.append, *arrays)
+                if bar is not None:
+                    bar.n = block.bytes_read
+                    bar.refresh()
+            if pending is not None:
+                pending.result()
     finally:
         store.close()
         if bar is not None:
