@@ -20,7 +20,10 @@ mlet_jax's DeepCTR-style DCN (cross network and DNN side by side on the raw conc
 
 The torch side (:mod:`benchmarks.torchrec_side`) runs in the TorchRec venv (``--trec-python``, default
 ``$MLET_TREC_PYTHON``; make it with the peer bench's ``setup_venv.sh`` then ``setup_torchrec.sh``) as a child that
-waits in a blocking read while mlet_jax runs (``OMP_WAIT_POLICY=PASSIVE``). For every repeat, batch size and part
+waits in a blocking read while mlet_jax runs. Its OpenMP threads keep libgomp's default wait policy (spin a
+while after each parallel region, then sleep; ``--omp-wait-policy``), and each mlet_jax segment starts after a
+``SETTLE_S`` pause so that no spinning thread is left: ``PASSIVE`` (sleep at once) made FBGEMM's embedding step ~10x
+slower on the 2-core box, and ``ACTIVE`` threads take the CPU from mlet_jax's segments. For every repeat, batch size and part
 the two sides run ``--steps`` steps each, one after the other, so load drift hits both alike; reported are medians of
 all timed steps and their ratios. The same run measures the machine's ceilings
 (:func:`benchmarks.bench_ceilings.measure`) and each mlet_jax step as a fraction of its floor: FLOPs per step (XLA's
@@ -49,6 +52,7 @@ import numpy as np
 
 from benchmarks.common import add_external_path, describe, machine, require_path
 
+SETTLE_S = 0.3  # libgomp's default spin (300,000 rounds) ends well within this
 TREC_PYTHON_ENV = "MLET_TREC_PYTHON"  # the python of the TorchRec venv (setup_torchrec.sh)
 
 # The peer bench's Criteo-shaped vocabularies (gen_data.py --max-vocab 100000; trec_dlrm.py): 26 fields, 840,543 rows.
@@ -169,9 +173,13 @@ def dlrm_sides(kinds, chunks) -> list[tuple[str, int | None, str]]:
 class TorchSide:
     """The torch side as a child process: one JSON command per line in, one JSON answer per line out."""
 
-    def __init__(self, python: str, data: str, threads: int):
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads),
+    def __init__(self, python: str, data: str, threads: int, wait_policy: str = "DEFAULT"):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
                "PYTHONPATH": ""}  # nothing of mlet_jax's venv leaks into the torch venv
+        env.pop("OMP_WAIT_POLICY", None)
+        if wait_policy != "DEFAULT":  # DEFAULT: libgomp's own (spin a while, then sleep)
+            env["OMP_WAIT_POLICY"] = wait_policy
+        self.wait_policy = wait_policy
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torchrec_side.py")
         self.proc = subprocess.Popen([python, script, "--data", data, "--threads", str(threads)], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -209,6 +217,7 @@ def _cost_gflop(compiled) -> float:
 
 def run(*, batches=(1024, 4096), repeats: int = 3, steps: int = 10, n_batches: int = 8, dim: int = 16,
         inner_dim: int = 64, kinds=("single", "mlet"), parts=PARTS, trec_python: str | None = None, threads: int = 2,
+        wait_policy: str = "DEFAULT",
         seed: int = 0, toy: bool = False, ceilings: bool = True, chunks=(None,), log=print) -> list[dict]:
     """Run the side-by-side; return one row per (part, batch, side) plus a ceilings row (and print each).
 
@@ -226,7 +235,7 @@ def run(*, batches=(1024, 4096), repeats: int = 3, steps: int = 10, n_batches: i
         for b in batches:
             arrays.update(zipf_batches(vocab, b, n_batches, dim, seed))
         np.savez(data_path, **arrays)
-        torch = TorchSide(trec_python, data_path, threads) if trec_python else None
+        torch = TorchSide(trec_python, data_path, threads, wait_policy) if trec_python else None
         try:
             rows = _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, dlrm_sides(kinds, chunks),
                         parts, torch, toy, ceilings, log, jax)
@@ -286,6 +295,8 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, side
     def jax_segment(key):
         entry = jx[key]
         out = []
+        if torch is not None and torch.wait_policy == "DEFAULT":
+            time.sleep(SETTLE_S)  # torch's OpenMP threads stop spinning before mlet_jax's steps are timed
         for i in range(steps):
             t0 = time.perf_counter()
             if key[0] == "dlrm":
@@ -351,6 +362,7 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, side
         r["machine"] = m
         if torch is not None:
             r["torch"] = {k: torch.info.get(k) for k in ("torch", "torchrec", "fbgemm_gpu", "threads")}
+            r["torch"]["omp_wait_policy"] = torch.wait_policy
         log(json.dumps({k: v for k, v in r.items() if k != "machine"}))
     rows.append({"part": "ceilings", "ceilings": ceil, "ceilings_before": ceil0, "ceilings_after": ceil1,
                  "wall_s": time.perf_counter() - t_start, "machine": m})
@@ -388,6 +400,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--n-batches", type=int, default=8, help="distinct batches per batch size (cycled)")
     p.add_argument("--inner-dim", type=int, default=64, help="MLET's k")
     p.add_argument("--threads", type=int, default=2, help="torch's threads")
+    p.add_argument("--omp-wait-policy", default="DEFAULT", choices=["DEFAULT", "PASSIVE", "ACTIVE"],
+                   help="torch's OpenMP threads between parallel regions: libgomp's default (spin a while, then "
+                        "sleep; mlet_jax's segments start after a pause), sleep at once (PASSIVE: FBGEMM's "
+                        "embedding step ~10x slower here), or spin forever (ACTIVE: they take CPU from mlet_jax's "
+                        "segments; a diagnostic only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--toy", action="store_true", help="tiny vocabularies and MLPs (tests)")
     p.add_argument("--no-ceilings", action="store_true")
@@ -417,7 +434,7 @@ def main(argv=None) -> list[dict]:
     print(f"machine: {describe(machine())}", flush=True)
     rows = run(batches=tuple(a.batches), repeats=a.repeats, steps=a.steps, n_batches=a.n_batches,
                inner_dim=a.inner_dim, kinds=tuple(a.kinds), parts=tuple(a.parts), trec_python=trec,
-               threads=a.threads, seed=a.seed, toy=a.toy, ceilings=not a.no_ceilings, chunks=tuple(chunks),
+               threads=a.threads, wait_policy=a.omp_wait_policy, seed=a.seed, toy=a.toy, ceilings=not a.no_ceilings, chunks=tuple(chunks),
                log=lambda s: print(s, flush=True))
     print(markdown(rows))
     if a.out:

@@ -36,7 +36,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not os.path.exists(a.data):
         p.error(f"argument --data: {a.data} not found")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle threads must not spin while mlet_jax runs
 
     import numpy as np
     import torch
