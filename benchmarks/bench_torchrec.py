@@ -23,8 +23,8 @@ The torch side (:mod:`benchmarks.torchrec_side`) runs in the TorchRec venv (``--
 waits in a blocking read while mlet_jax runs. Its OpenMP threads keep libgomp's default wait policy (spin a
 while after each parallel region, then sleep; ``--omp-wait-policy``), and each mlet_jax segment starts after a
 ``SETTLE_S`` pause so that no spinning thread is left: ``PASSIVE`` (sleep at once) made FBGEMM's embedding step ~10x
-slower on the 2-core box, and ``ACTIVE`` threads take the CPU from mlet_jax's segments. For every repeat, batch size and part
-the two sides run ``--steps`` steps each, one after the other, so load drift hits both alike; reported are medians of
+slower on the 2-core box, and ``ACTIVE`` threads take the CPU from mlet_jax's segments. For every repeat, batch
+size and part the two sides run ``--steps`` steps each, one after the other, so load drift hits both alike; reported are medians of
 all timed steps and their ratios. The same run measures the machine's ceilings
 (:func:`benchmarks.bench_ceilings.measure`) and each mlet_jax step as a fraction of its floor: FLOPs per step (XLA's
 cost analysis of the compiled step) at the in-run ``jnp.dot`` GFLOP/s of the MLP's largest layer, plus a random
@@ -434,7 +434,8 @@ def main(argv=None) -> list[dict]:
     print(f"machine: {describe(machine())}", flush=True)
     rows = run(batches=tuple(a.batches), repeats=a.repeats, steps=a.steps, n_batches=a.n_batches,
                inner_dim=a.inner_dim, kinds=tuple(a.kinds), parts=tuple(a.parts), trec_python=trec,
-               threads=a.threads, wait_policy=a.omp_wait_policy, seed=a.seed, toy=a.toy, ceilings=not a.no_ceilings, chunks=tuple(chunks),
+               threads=a.threads, wait_policy=a.omp_wait_policy, seed=a.seed, toy=a.toy,
+               ceilings=not a.no_ceilings, chunks=tuple(chunks),
                log=lambda s: print(s, flush=True))
     print(markdown(rows))
     if a.out:
