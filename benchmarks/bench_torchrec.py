@@ -24,8 +24,8 @@ waits in a blocking read while mlet_jax runs. Its OpenMP threads keep libgomp's 
 while after each parallel region, then sleep; ``--omp-wait-policy``), and each mlet_jax segment starts after a
 ``SETTLE_S`` pause so that no spinning thread is left: ``PASSIVE`` (sleep at once) made FBGEMM's embedding step ~10x
 slower on the 2-core box, and ``ACTIVE`` threads take the CPU from mlet_jax's segments. For every repeat, batch
-size and part the two sides run ``--steps`` steps each, one after the other, so load drift hits both alike; reported are medians of
-all timed steps and their ratios. The same run measures the machine's ceilings
+size and part the two sides run ``--steps`` steps each, one after the other, so load drift hits both alike;
+reported are medians of all timed steps and their ratios. The same run measures the machine's ceilings
 (:func:`benchmarks.bench_ceilings.measure`) and each mlet_jax step as a fraction of its floor: FLOPs per step (XLA's
 cost analysis of the compiled step) at the in-run ``jnp.dot`` GFLOP/s of the MLP's largest layer, plus a random
 gather and a random scatter-add of every distinct row of the batch at the in-run random rows/s (the slower of the
