@@ -113,6 +113,11 @@ print(json.dumps({"faults": (out["f1"] - out["f0"]) / 10, "advised": "hg" in m.g
 
 
 def _thp_madvise() -> bool:
+    import platform
+
+    lib, version = platform.libc_ver()
+    if lib != "glibc" or tuple(int(x) for x in version.split(".")[:2]) < (2, 35):  # glibc.malloc.hugetlb: 2.35
+        return False
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
             return "[never]" not in fh.read()
@@ -121,7 +126,7 @@ def _thp_madvise() -> bool:
 
 
 @linux
-@pytest.mark.skipif(not _thp_madvise(), reason="the kernel's transparent huge pages are off")
+@pytest.mark.skipif(not _thp_madvise(), reason="glibc before 2.35, or the kernel's transparent huge pages are off")
 def test_blocks_larger_than_a_thread_heap_fault_per_huge_page():
     def run(**extra):
         env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MLET_MALLOC_RERUN")}
