@@ -97,7 +97,8 @@ def run_deepctr(args, model: str, batch: int) -> dict:
     cmd = [args.deepctr_python, os.path.join(args.peer_dir, "bench_deepctr.py"), "--data", args.data, "--models", model,
            "--batch-sizes", str(batch), "--embedding-dim", str(args.dim), "--lr", str(args.lr),
            "--threads", str(args.threads), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-           "--seed", str(args.seed), "--model-kwargs", json.dumps(kwargs)]
+           "--seed", str(args.seed), "--model-kwargs", json.dumps(kwargs),
+           "--omp-wait-policy", args.omp_wait_policy]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"bench_deepctr.py failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -221,6 +222,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--projection-std", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--omp-wait-policy", default="", choices=("", "PASSIVE", "ACTIVE"),
+                    help="OMP_WAIT_POLICY of DeepCTR-Torch's process ('' = libgomp's default, spin a while then "
+                         "sleep: the fair setting, as it runs alone; PASSIVE, the peer bench's default for shared "
+                         "machines, slows torch's small parallel regions)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1024)
     ap.add_argument("--deepctr-l2", choices=("0", "default"), default="0")
