@@ -32,7 +32,7 @@ from benchmarks.bench_vs_deepctr import write_tiny_arrays
 from benchmarks.common import PEER_DATA_ENV, add_external_path, describe, machine, require_path, timed
 from mlet_jax.data import load_dataset
 from mlet_jax.embeddings import EmbeddingSpec
-from mlet_jax.models import build_model
+from mlet_jax.models import MODELS, build_model
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import TrainConfig, Trainer
 
@@ -65,7 +65,7 @@ def _op_lines(hlo: str) -> dict[str, str]:
 def main(argv=None) -> list[tuple[str, float, int]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_external_path(ap, "--data", PEER_DATA_ENV, "PREFIX of the peer bench's PREFIX_{train,test}.npz")
-    ap.add_argument("--model", default="autoint")
+    ap.add_argument("--model", default="autoint", type=str.lower, choices=sorted(MODELS))
     ap.add_argument("--kind", choices=("single", "mlet"), default="single")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--dim", type=int, default=16)

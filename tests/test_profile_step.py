@@ -29,3 +29,14 @@ def test_smoke_profile_names_xla_ops(capsys):
     shown = profile_step.main(["--smoke", "--model", "deepfm", "--batch", "64", "--steps", "2", "--top", "5"])
     assert 0 < len(shown) <= 5 and all(ms >= 0 for _, ms, _ in shown)
     assert "deepfm single batch 64:" in capsys.readouterr().out
+
+
+def test_unknown_model_is_a_usage_error_naming_the_choices(capsys):
+    import pytest
+
+    from benchmarks import profile_step
+
+    with pytest.raises(SystemExit) as e:
+        profile_step.main(["--model", "NFMX", "--smoke"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --model: invalid choice: 'nfmx'" in err and "'nfm'" in err
