@@ -516,9 +516,7 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
         try:
             vocabs = {k: v.result() if isinstance(v, concurrent.futures.Future) else v for k, v in vocabs.items()}
         except BaseException:
-            for v in vocabs.values():  # the first error is raised; fields not started yet are not fitted
-                if isinstance(v, concurrent.futures.Future):
-                    v.cancel()
+            pool.shutdown(cancel_futures=True)  # the first error is raised; fields not started yet are not fitted
             raise
     sizes = tuple(vocabs[f.name].size if f.kind == "key" else f.vocab_size for f in store.fields)
     slots = tuple(f.slots for f in store.fields)
