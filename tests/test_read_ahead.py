@@ -77,3 +77,49 @@ def test_a_field_fit_error_is_raised_and_leaves_no_cache(tmp_path, small_criteo,
         prepare("criteo", str(small_criteo), str(tmp_path / "cache"), block_bytes=1 << 16)
     assert not (tmp_path / "cache").exists()
     assert _reader_threads() == 0
+
+
+def test_blocks_written_by_threads_land_in_split_order(tmp_path, monkeypatch):
+    """A random split puts each split's rows all over each block (no contiguous runs): written by 3 threads in
+    blocks of 70 rows, each split's arrays hold its rows in file order, as numpy selects them from the source."""
+    import numpy as np
+
+    from mlet_jax.data import splits
+
+    rng = np.random.default_rng(4)
+    n = 1000
+    label, x, cat = rng.integers(0, 2, n), rng.normal(size=n).round(3), rng.integers(0, 50, n)
+    src = tmp_path / "t.csv"
+    src.write_text("y,x,c\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(label, x, cat, strict=True)))
+    monkeypatch.setattr(_build, "_BLOCK_ROWS", 70)
+    opts = dict(label="y", numeric=["x"], categorical=["c"], test_fraction=0.2, valid_fraction=0.1, seed=3)
+    caches = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(_build, "FIT_THREADS", threads)
+        caches[threads] = prepare("table", str(src), str(tmp_path / f"t{threads}"), **opts)
+    codes = splits.random_split(n, 0.2, 0.1, 3)
+    assert 0 < (codes == 1).sum() < (codes == 2).sum() < (codes == 0).sum()
+    for i, nm in enumerate(("train", "valid", "test")):
+        for threads, ds in caches.items():
+            got = getattr(ds, nm)
+            np.testing.assert_array_equal(got.label, label[codes == i].astype(np.float32), err_msg=f"{nm} {threads}")
+            np.testing.assert_array_equal(got.dense[:, 0], x[codes == i].astype(np.float32))
+    names = sorted(p.name for p in (tmp_path / "t1").iterdir() if p.suffix in (".npy", ".npz"))
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "t1", tmp_path / "t3", names, shallow=False)
+    assert (mismatch, errors) == ([], []) and len(match) >= 9
+
+
+def test_a_block_write_error_is_raised_and_leaves_no_cache(tmp_path, small_criteo, monkeypatch):
+    monkeypatch.setattr(_build, "_BLOCK_ROWS", 900)
+    write_at, calls = _build._Rows.write_at, []
+
+    def failing(self, row, rows):
+        calls.append(row)
+        if len(calls) == 7:
+            raise OSError("disk full while writing")
+        return write_at(self, row, rows)
+
+    monkeypatch.setattr(_build._Rows, "write_at", failing)
+    with pytest.raises(OSError, match="disk full while writing"):
+        prepare("criteo", str(small_criteo), str(tmp_path / "cache"), block_bytes=1 << 16)
+    assert not (tmp_path / "cache").exists() and not list(tmp_path.iterdir())

@@ -11,8 +11,9 @@ writes. Vocabularies are fitted one field at a time in one pass over its keys: a
 open-addressing hash table) gives every distinct key a provisional code in order of first appearance, the training
 rows' codes are counted into an array indexed by code, and each row's code is written to disk (4 bytes, replacing
 its 8-byte key); the final ids (decreasing count, ties by increasing key) are then one permutation of the codes, so
-writing the splits is a gather ``perm[code]`` per field instead of a search. Fields are fitted by ``FIT_THREADS``
-threads at once (numpy and polars release the GIL in the work that counts); the outputs do not depend on it. What is
+writing the splits is a gather ``perm[code]`` per field instead of a search. Fields are fitted, and then blocks of the
+split arrays written (each block's rows go to positions known from the split codes), by ``FIT_THREADS`` threads at
+once (numpy, polars and ``pwrite`` release the GIL in the work that counts); the outputs do not depend on it. What is
 held is per distinct value (``STATE_BYTES_PER_VALUE``, for the fields being fitted at the moment) plus the split
 codes (1 byte per row) and one block per thread.
 """
@@ -48,8 +49,8 @@ _MASK63 = np.uint64((1 << 63) - 1)
 # value: 24-48 bytes; the keys by code and the counts, int64 each with up to 2x spare: 32 bytes); held for every field
 # until the splits are written: the code -> id permutation (int32), the vocabulary keys (int64), id_counts (int64).
 STATE_BYTES_PER_VALUE = 48 + 32 + 20
-_BLOCK_ROWS = 1 << 19        # rows per block read back, counted, looked up and written by finalize
-FIT_THREADS = 2              # fields fitted at once by finalize (peak memory: this many fields' KeyTables)
+_BLOCK_ROWS = 1 << 18       # rows per block read back, counted, looked up and written by finalize
+FIT_THREADS = 2              # fields fitted, then blocks written, at once by finalize (peak: this many KeyTables)
 _MERGE_ROWS = 1 << 22        # fit_vocab_blocks: merge pending block tables at this many rows (or the table's)
 _SORTED_LOOKUP = 1 << 16     # Vocab.lookup: vocabularies larger than this look up a block's distinct keys (sorted) only
 _TABLE_SLOTS = 1 << 12       # KeyTable: initial slots (a power of two; doubled whenever it would pass half full)
@@ -524,45 +525,67 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
                     dense_names=tuple(store.dense_names),
                     bag_sizes=slots if any(s > 1 for s in slots) else None, bag_pooling=bag_pooling)
     split_n = {nm: int(np.count_nonzero(codes == i)) for i, nm in enumerate(SPLITS)}
-    out = {nm: {"ids": _Appender(writer, f"{nm}_ids", (k, schema.num_slots), np.int32),
-                "dense": _Appender(writer, f"{nm}_dense", (k, schema.num_dense), np.float32),
-                "label": _Appender(writer, f"{nm}_label", (k,), np.float32)}
+    out = {nm: {"ids": _Rows(writer, f"{nm}_ids", (k, schema.num_slots), np.int32),
+                "dense": _Rows(writer, f"{nm}_dense", (k, schema.num_dense), np.float32),
+                "label": _Rows(writer, f"{nm}_label", (k,), np.float32)}
            for nm, k in split_n.items() if k > 0 or nm != "valid"}
     # id_counts of fitted fields come with their vocabulary; the others are counted on the training rows below
     counts = [vocabs[f.name].id_counts if isinstance(vocabs.get(f.name), _Fitted) else np.zeros(v, np.int64)
               for f, v in zip(store.fields, sizes, strict=True)]
+    # each block's rows go to known positions of each split (the split rows before it), so blocks are written by
+    # FIT_THREADS threads at once: the gathers, copies and positioned writes release the GIL
+    lows = list(range(0, n, block_rows))
+    before = np.zeros((len(lows) + 1, len(SPLITS)), np.int64)
+    for b, lo in enumerate(lows):
+        before[b + 1] = before[b] + np.bincount(codes[lo:lo + block_rows], minlength=len(SPLITS))
+
+    counts_lock = threading.Lock()
+
+    def write_block(b: int) -> None:
+        lo = lows[b]
+        hi = min(n, lo + block_rows)
+        ids = np.empty((hi - lo, schema.num_slots), np.int32)
+        c = 0
+        for f in store.fields:
+            v = vocabs.get(f.name)
+            if isinstance(v, _Fitted):
+                ids[:, c] = v.perm[_read_codes(v, lo, hi)]
+            else:
+                x = store.chunk(f.name, lo, hi)
+                ids[:, c:c + f.slots] = (v.lookup(x) if f.kind == "key" else x).reshape(hi - lo, f.slots)
+            c += f.slots
+        dense, label, cc = store.chunk("dense", lo, hi), store.chunk("label", lo, hi), codes[lo:hi]
+        for i, nm in enumerate(SPLITS):
+            k = int(before[b + 1, i] - before[b, i])
+            if nm not in out or k == 0:
+                continue
+            sel = _rows_of(cc, i, k)
+            at = int(before[b, i])
+            out[nm]["ids"].write_at(at, ids[sel])
+            out[nm]["dense"].write_at(at, dense[sel])
+            out[nm]["label"].write_at(at, label[sel])
+            if i == TRAIN:
+                c = 0
+                for fi, f in enumerate(store.fields):
+                    if not isinstance(vocabs.get(f.name), _Fitted):
+                        x = ids[sel, c:c + f.slots].ravel()
+                        x = np.bincount(x[x >= 0], minlength=sizes[fi])
+                        with counts_lock:
+                            counts[fi] += x
+                    c += f.slots
+
     bar = _bar(progress, n, "write cache")
     try:
-        for lo in range(0, n, block_rows):
-            hi = min(n, lo + block_rows)
-            ids = np.empty((hi - lo, schema.num_slots), np.int32)
-            c = 0
-            for f in store.fields:
-                v = vocabs.get(f.name)
-                if isinstance(v, _Fitted):
-                    ids[:, c] = v.perm[_read_codes(v, lo, hi)]
-                else:
-                    x = store.chunk(f.name, lo, hi)
-                    ids[:, c:c + f.slots] = (v.lookup(x) if f.kind == "key" else x).reshape(hi - lo, f.slots)
-                c += f.slots
-            dense, label, cc = store.chunk("dense", lo, hi), store.chunk("label", lo, hi), codes[lo:hi]
-            per_split = np.bincount(cc, minlength=len(SPLITS))
-            for i, nm in enumerate(SPLITS):
-                if nm not in out or per_split[i] == 0:
-                    continue
-                sel = slice(None) if per_split[i] == hi - lo else np.flatnonzero(cc == i)
-                out[nm]["ids"].append(ids[sel])
-                out[nm]["dense"].append(dense[sel])
-                out[nm]["label"].append(label[sel])
-                if i == TRAIN:
-                    c = 0
-                    for fi, f in enumerate(store.fields):
-                        if not isinstance(vocabs.get(f.name), _Fitted):
-                            x = ids[sel, c:c + f.slots].ravel()
-                            counts[fi] += np.bincount(x[x >= 0], minlength=sizes[fi])
-                        c += f.slots
-            if bar is not None:
-                bar.update(hi - lo)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=FIT_THREADS) as pool:
+            futures = [pool.submit(write_block, b) for b in range(len(lows))]
+            try:
+                for b, fut in enumerate(futures):
+                    fut.result()
+                    if bar is not None:
+                        bar.update(min(n, lows[b] + block_rows) - lows[b])
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
     finally:
         for arrays in out.values():
             for a in arrays.values():
@@ -578,9 +601,21 @@ def finalize(store: RawStore, codes: np.ndarray, writer: CacheWriter, *, min_cou
     return schema, {"splits": {nm: split_n[nm] for nm in out}, "finalize_seconds": round(time.time() - t0, 3)}
 
 
-class _Appender:
-    """Rows appended to one ``.npy`` array of the cache by positioned writes (the writer creates the file and its
-    header; its pages are never mapped here, so what is written does not count as resident memory)."""
+def _rows_of(cc: np.ndarray, i: int, k: int) -> slice | np.ndarray:
+    """The ``k`` positions of split ``i`` in a block's split codes: a slice (no copy) where they are contiguous, as
+    Criteo's and Avazu's day splits are, else their indices."""
+    if k == len(cc):
+        return slice(None)
+    first = int(np.argmax(cc == i))
+    if first + k <= len(cc) and (cc[first:first + k] == i).all():
+        return slice(first, first + k)
+    return np.flatnonzero(cc == i)
+
+
+class _Rows:
+    """One ``.npy`` array of the cache, written in blocks of rows at given positions by positioned writes, from
+    any thread (the writer creates the file and its header; its pages are never mapped here, so what is written
+    does not count as resident memory). ``rows`` counts the rows written."""
 
     def __init__(self, writer: CacheWriter, name: str, shape: tuple[int, ...], dtype):
         arr = writer.array(name, shape, dtype)
@@ -588,21 +623,21 @@ class _Appender:
         self._row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
         self._dtype = np.dtype(dtype)
         self._fd = None
+        self._lock = threading.Lock()
         if isinstance(arr, np.memmap):
             self._offset = int(arr.offset)
             self._fd = os.open(self.path, os.O_WRONLY)
 
-    def append(self, rows: np.ndarray) -> None:
+    def write_at(self, row: int, rows: np.ndarray) -> None:
         buf = np.ascontiguousarray(rows, self._dtype)
-        if buf.size == 0 or self._fd is None:   # zero-width arrays (no dense features) hold no bytes
+        if buf.size and self._fd is not None:   # zero-width arrays (no dense features) hold no bytes
+            view = memoryview(buf).cast("B")
+            pos = self._offset + row * self._row_bytes
+            while len(view):
+                k = os.pwrite(self._fd, view, pos)
+                view, pos = view[k:], pos + k
+        with self._lock:
             self.rows += len(buf)
-            return
-        view = memoryview(buf).cast("B")
-        pos = self._offset + self.rows * self._row_bytes
-        while len(view):
-            k = os.pwrite(self._fd, view, pos)
-            view, pos = view[k:], pos + k
-        self.rows += len(buf)
 
     def close(self) -> None:
         if self._fd is not None:
