@@ -704,19 +704,26 @@ def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, p
     """Split each text block into checked lines, parse them into ``store``, and advance the byte progress bar.
 
     ``split(block)`` returns the block's good lines (``.data``, ``.line_no``); ``parse(lines)`` returns the arrays
-    for :meth:`RawStore.append`. ``quick(block)``, if given, returns the block's lines unchecked
-    (:func:`~mlet_jax.data._text.quick_lines`) or None; ``parse`` of those raises
+    for :meth:`RawStore.append`, or a function of no arguments that returns them (the conversions left once the
+    block is known to be good, which then run in the writer thread). ``quick(block)``, if given, returns the block's
+    lines unchecked (:func:`~mlet_jax.data._text.quick_lines`) or None; ``parse`` of those raises
     :class:`~mlet_jax.data._text.RaggedLines` when they are not whole rows, and the block is then split and parsed
-    the checked way. The next block is read (:func:`read_ahead`) and the last one written to the store by two
-    background threads while this one is parsed; blocks are stored in order, and an error is raised after the blocks
-    before it were stored. The store and the bar are closed whatever happens.
+    the checked way. Two background threads read the next block and run ``quick`` on it (:func:`read_ahead`), and
+    finish and store the last one, while this one is parsed; blocks are stored in order, and an error is raised
+    after the blocks before it were stored. The store and the bar are closed whatever happens.
     """
+    def read(blocks):
+        for block in blocks:
+            yield block, (quick(block) if quick is not None else None)
+
+    def store_block(arrays):
+        store.append(*(arrays() if callable(arrays) else arrays))
+
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
             pending = None
-            for block in read_ahead(blocks):
+            for block, lines in read_ahead(read(blocks)):
                 arrays = None
-                lines = quick(block) if quick is not None else None
                 if lines is not None:
                     try:
                         arrays = parse(lines)
@@ -729,7 +736,7 @@ def parse_text_blocks(store: RawStore, blocks: Iterable, bar, split: Callable, p
                 if arrays is not None:
                     if pending is not None:
                         pending.result()  # one block in flight: memory stays a few blocks
-                    pending = writer.submit(store.append, *arrays)
+                    pending = writer.submit(store_block, arrays)
                 if bar is not None:
                     bar.n = block.bytes_read
                     bar.refresh()

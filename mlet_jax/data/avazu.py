@@ -57,8 +57,9 @@ def parse_lines(lines: Lines, path: str, cols: list[str], cats: list[str], bad: 
     """:func:`parse_block` of ``lines``; an unchecked block (:func:`~mlet_jax.data._text.quick_lines`) is read by
     pyarrow's CSV reader instead, which refuses any line without ``len(cols)`` fields (raised as
     :class:`~mlet_jax.data._text.RaggedLines`), skips ``id`` and hands the categorical columns straight to the
-    dictionary encoding of :func:`string_keys`; a block with a bad label or hour goes to :func:`parse_block`, which
-    names the line."""
+    dictionary encoding of :func:`string_keys` (in a function returning the arrays, which the store's writer thread
+    runs: :func:`~mlet_jax.data._build.parse_text_blocks`); a block with a bad label or hour goes to
+    :func:`parse_block`, which names the line."""
     if lines.checked:
         return parse_block(lines.data, lines.line_no, path, cols, cats, bad, hour_dense)
     import pyarrow as pa
@@ -87,13 +88,17 @@ def parse_lines(lines: Lines, path: str, cols: list[str], cats: list[str], bad: 
                    & pl.col("hh").is_between(0, 23).fill_null(False)).all()).item()
     if not ok:
         return parse_block(lines.data, lines.line_no, path, cols, cats, bad, hour_dense)
-    label = p["y"].to_numpy().astype(np.float32)
-    hh = p["hh"].to_numpy().astype(np.int64)
-    keys = {"hour_of_day": hh, "weekday": p["wd"].to_numpy().astype(np.int64) - 1}
-    for c in cats:
-        keys[c] = string_keys(t.column(c))
-    dense = (hh.astype(np.float32) / 23.0)[:, None] if hour_dense else np.zeros((len(label), 0), np.float32)
-    return label, dense, keys
+
+    def arrays():  # a good block's conversions, left to the store's writer thread (parse_text_blocks)
+        label = p["y"].to_numpy().astype(np.float32)
+        hh = p["hh"].to_numpy().astype(np.int64)
+        keys = {"hour_of_day": hh, "weekday": p["wd"].to_numpy().astype(np.int64) - 1}
+        for c in cats:
+            keys[c] = string_keys(t.column(c))
+        dense = (hh.astype(np.float32) / 23.0)[:, None] if hour_dense else np.zeros((len(label), 0), np.float32)
+        return label, dense, keys
+
+    return arrays
 
 
 def parse_block(data: bytes, line_no: np.ndarray, path: str, cols: list[str], cats: list[str], bad: BadRows,

@@ -31,7 +31,8 @@ DEFAULTS = {"min_count": 1, "hash_buckets": None, "vocab_split": "train", "days"
 
 
 def parse_block(lines: Lines, path: str, bad: BadRows):
-    """Parse whole tab-separated lines into (label, dense, keys[26]) with every bad value checked.
+    """Parse whole tab-separated lines into (label, dense, keys[26]) with every bad value checked (a clean block:
+    a function returning them, see :func:`~mlet_jax.data._build.parse_text_blocks`).
 
     One polars select converts every column; the block is clean when its label has no nulls and is 0/1, a converted
     dense or hex column has no more nulls than the raw strings (empty), and the hex values are >= 0 and at most 8
@@ -52,11 +53,15 @@ def parse_block(lines: Lines, path: str, bad: BadRows):
              and (hex_min is None or hex_min >= 0) and (hex_len is None or hex_len <= 8))
     if not clean:
         return _checked(df, p, lines.line_no, path, bad)
-    label = p["label"].to_numpy().astype(np.float32)
-    dense = p.select(pl.col(c).fill_null(0).clip(lower_bound=0) for c in DENSE).to_numpy()
-    dense = np.log1p(dense.astype(np.float64)).astype(np.float32)
-    cats = p.select(pl.col(c).fill_null(MISSING_KEY) for c in CATS).to_numpy(order="fortran")
-    return label, dense, {c: cats[:, j] for j, c in enumerate(CATS)}
+
+    def arrays():  # a clean block's conversions, left to the store's writer thread (parse_text_blocks)
+        label = p["label"].to_numpy().astype(np.float32)
+        dense = p.select(pl.col(c).fill_null(0).clip(lower_bound=0) for c in DENSE).to_numpy()
+        dense = np.log1p(dense.astype(np.float64)).astype(np.float32)
+        cats = p.select(pl.col(c).fill_null(MISSING_KEY) for c in CATS).to_numpy(order="fortran")
+        return label, dense, {c: cats[:, j] for j, c in enumerate(CATS)}
+
+    return arrays
 
 
 def _checked(df: pl.DataFrame, p: pl.DataFrame, line_no: np.ndarray, path: str, bad: BadRows):
