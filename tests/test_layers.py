@@ -49,6 +49,19 @@ def test_dot_interaction_equals_pairs(emb):
     np.testing.assert_allclose(dot_interaction(jnp.asarray(emb)), want, **TOL)
 
 
+def test_dot_interaction_gradient_equals_pairs(emb):
+    """d/dt_i of sum_p w_p <t_a(p), t_b(p)> is sum over the pairs holding i of w_p times the other vector."""
+    e = emb.astype(np.float64)
+    pairs = list(itertools.combinations(range(F), 2))
+    w = np.random.default_rng(3).standard_normal((B, len(pairs)))
+    want = np.zeros_like(e)
+    for p, (i, j) in enumerate(pairs):
+        want[:, i] += w[:, p, None] * e[:, j]
+        want[:, j] += w[:, p, None] * e[:, i]
+    got = jax.grad(lambda t: jnp.sum(dot_interaction(t) * jnp.asarray(w, jnp.float32)))(jnp.asarray(emb))
+    np.testing.assert_allclose(got, want, **TOL)
+
+
 def test_cross_layers(emb):
     x0 = emb.reshape(B, -1)
     net = CrossNet(num_layers=3)

@@ -5,6 +5,7 @@ Each block documents its equation; tests compare each with a direct numpy transc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,12 +81,36 @@ def dot_interaction(t_BxVxD: jax.Array) -> jax.Array:
     """DLRM's dot interaction: the ``N (N - 1) / 2`` pairwise dot products ``<t_i, t_j>``, ``i < j``.
 
     ``Z = T T^T``; the strictly upper triangle in row-major order (the DLRM reference takes the strictly lower
-    triangle of the same symmetric matrix).
+    triangle of the same symmetric matrix). The gradient is one batched product ``dT = G T``, where ``G`` is the
+    symmetric ``N x N`` matrix holding the cotangent of pair ``(i, j)`` at ``[i, j]`` and ``[j, i]`` (zero diagonal).
+    ``G`` is read from the cotangent with a constant gather. Autodiff of the gather and the einsum instead
+    scatter-adds into ``Z`` and runs two batched products, 1.5x the time on CPU (BENCHMARKS.md, "DLRM's dot
+    interaction").
     """
     n = t_BxVxD.shape[1]
-    z_BxVxV = jnp.einsum("bnd,bmd->bnm", t_BxVxD, t_BxVxD)
+    return _dot_interaction(n)(t_BxVxD)
+
+
+@functools.cache
+def _dot_interaction(n: int):
     iu, ju = np.triu_indices(n, k=1)
-    return z_BxVxV[:, iu, ju]
+    upper = (iu * n + ju).astype(np.int32)                # pair p at [iu[p], ju[p]] of the flattened Z
+    sym = np.full((n, n), iu.size)                        # index iu.size: an appended zero (the diagonal)
+    sym[iu, ju] = sym[ju, iu] = np.arange(iu.size)
+    sym = sym.reshape(-1).astype(np.int32)
+
+    @jax.custom_vjp
+    def f(t_BxVxD):
+        z_BxVxV = jnp.einsum("bnd,bmd->bnm", t_BxVxD, t_BxVxD)
+        return z_BxVxV.reshape(t_BxVxD.shape[0], n * n)[:, upper]
+
+    def bwd(t_BxVxD, g_BxP):
+        g_BxP1 = jnp.concatenate([g_BxP, jnp.zeros_like(g_BxP[:, :1])], axis=1)
+        g_BxVxV = g_BxP1[:, sym].reshape(g_BxP.shape[0], n, n)
+        return (jnp.einsum("bnm,bmd->bnd", g_BxVxV, t_BxVxD).astype(t_BxVxD.dtype),)
+
+    f.defvjp(lambda t_BxVxD: (f(t_BxVxD), t_BxVxD), bwd)
+    return f
 
 
 # -- DeepCTR-Torch blocks ----------------------------------------------------------------------------------------
