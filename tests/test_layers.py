@@ -49,7 +49,8 @@ def test_dot_interaction_equals_pairs(emb):
     np.testing.assert_allclose(dot_interaction(jnp.asarray(emb)), want, **TOL)
 
 
-def test_dot_interaction_gradient_equals_pairs(emb):
+@pytest.mark.parametrize("custom_vjp", [True, False])
+def test_dot_interaction_gradient_equals_pairs(emb, custom_vjp):
     """d/dt_i of sum_p w_p <t_a(p), t_b(p)> is sum over the pairs holding i of w_p times the other vector."""
     e = emb.astype(np.float64)
     pairs = list(itertools.combinations(range(F), 2))
@@ -58,8 +59,22 @@ def test_dot_interaction_gradient_equals_pairs(emb):
     for p, (i, j) in enumerate(pairs):
         want[:, i] += w[:, p, None] * e[:, j]
         want[:, j] += w[:, p, None] * e[:, i]
-    got = jax.grad(lambda t: jnp.sum(dot_interaction(t) * jnp.asarray(w, jnp.float32)))(jnp.asarray(emb))
+    w32 = jnp.asarray(w, jnp.float32)
+    got = jax.grad(lambda t: jnp.sum(dot_interaction(t, custom_vjp=custom_vjp) * w32))(jnp.asarray(emb))
     np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_dot_interaction_forward_mode(emb):
+    """The tangent of pair (i, j) along dt is <dt_i, t_j> + <t_i, dt_j>; the custom-VJP form refuses forward mode."""
+    e = emb.astype(np.float64)
+    dt = np.random.default_rng(4).standard_normal(e.shape)
+    want = np.array([[dt[b, i] @ e[b, j] + e[b, i] @ dt[b, j] for i, j in itertools.combinations(range(F), 2)]
+                     for b in range(B)])
+    x, dx = jnp.asarray(emb), jnp.asarray(dt, jnp.float32)
+    _, got = jax.jvp(lambda t: dot_interaction(t, custom_vjp=False), (x,), (dx,))
+    np.testing.assert_allclose(got, want, **TOL)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(dot_interaction, (x,), (dx,))
 
 
 def test_cross_layers(emb):

@@ -232,3 +232,28 @@ def test_paper_presets():
     l2 = TrainConfig.paper("autoint", embedding_l2=1e-5)
     assert l2.table_optimizer.weight_decay == 2e-5 and not l2.sparse
     assert TrainConfig.paper("dlrm").loss_reduction == "mean" and TrainConfig.paper("dlrm").optimizer.lr == 0.2
+
+
+def test_dlrm_forward_mode_with_plain_interaction_matches_the_custom_vjp():
+    """``interaction_vjp=False`` lets ``jax.jvp`` through DLRM; its directional derivative ``<J v, w>`` along a
+    random direction ``v`` of every parameter (tables and MLPs) equals ``<v, J^T w>`` from the default model's
+    reverse mode (the hand-written VJP), and the default refuses jvp."""
+    from mlet_jax.models.dlrm import DLRM
+
+    kw = dict(vocab_sizes=(5, 20, 50), num_dense=2, embedding=EmbeddingSpec("single", 4), bottom_mlp=(8,),
+              top_mlp=(8,))
+    fast, plain = DLRM(**kw), DLRM(**kw, interaction_vjp=False)
+    rng = np.random.default_rng(0)
+    dense = jnp.asarray(rng.standard_normal((16, 2)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, 5, (16, 3)), jnp.int32)
+    params = fast.init(jax.random.key(0), dense, ids)
+    v = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+    w = jnp.asarray(rng.standard_normal(16), jnp.float32)
+    np.testing.assert_array_equal(plain.apply(params, dense, ids), fast.apply(params, dense, ids))
+    _, jv = jax.jvp(lambda p: plain.apply(p, dense, ids), (params,), (v,))
+    _, vjp = jax.vjp(lambda p: fast.apply(p, dense, ids), params)
+    vjw = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(v), jax.tree_util.tree_leaves(vjp(w)[0]),
+                                              strict=True))
+    np.testing.assert_allclose(float(jnp.vdot(jv, w)), float(vjw), rtol=1e-5)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda p: fast.apply(p, dense, ids), (params,), (v,))

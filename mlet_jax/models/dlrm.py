@@ -32,6 +32,7 @@ class DLRM(CTRModel):
 
     bottom_mlp: tuple[int, ...] = CRITEO_BOTTOM
     top_mlp: tuple[int, ...] = (512, 256)
+    interaction_vjp: bool = True   # the interaction's hand-written VJP; False: plain autodiff (forward mode works)
 
     @nn.compact
     def body(self, features: Features, dense_BxM: jax.Array, *, train: bool = False) -> jax.Array:
@@ -43,7 +44,7 @@ class DLRM(CTRModel):
                         name="bottom_mlp")(dense_BxM.astype(self.param_dtype))
             vecs = jnp.concatenate([x_BxD[:, None, :], emb_BxFxD], axis=1)
             parts.append(x_BxD)
-        parts.append(dot_interaction(vecs))
+        parts.append(dot_interaction(vecs, custom_vjp=self.interaction_vjp))
         top = MLP((*self.top_mlp, 1), activate_last=False, weight_init="dlrm", param_dtype=self.param_dtype,
                   name="top_mlp")(jnp.concatenate(parts, axis=1))
         return top[:, 0]

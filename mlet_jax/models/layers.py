@@ -77,7 +77,7 @@ def _torch_bias_init(fan_in: int):
     return init
 
 
-def dot_interaction(t_BxVxD: jax.Array) -> jax.Array:
+def dot_interaction(t_BxVxD: jax.Array, *, custom_vjp: bool = True) -> jax.Array:
     """DLRM's dot interaction: the ``N (N - 1) / 2`` pairwise dot products ``<t_i, t_j>``, ``i < j``.
 
     ``Z = T T^T``; the strictly upper triangle in row-major order (the DLRM reference takes the strictly lower
@@ -86,8 +86,14 @@ def dot_interaction(t_BxVxD: jax.Array) -> jax.Array:
     ``G`` is read from the cotangent with a constant gather. Autodiff of the gather and the einsum instead
     scatter-adds into ``Z`` and runs two batched products, 1.5x the time on CPU (BENCHMARKS.md, "DLRM's dot
     interaction").
+
+    A ``jax.custom_vjp`` function has no forward mode: ``custom_vjp=False`` computes the same values with plain
+    autodiff of the einsum and the gather, for ``jax.jvp``, ``jax.jacfwd`` or Hessian-vector products.
     """
     n = t_BxVxD.shape[1]
+    if not custom_vjp:
+        iu, ju = np.triu_indices(n, k=1)
+        return jnp.einsum("bnd,bmd->bnm", t_BxVxD, t_BxVxD)[:, iu, ju]
     return _dot_interaction(n)(t_BxVxD)
 
 
