@@ -1,5 +1,6 @@
 """DLRM's dot interaction, forward and backward: the library's ``dot_interaction`` (hand-written VJP, one batched
-product ``G T`` in the backward) against autodiff of the einsum and the upper-triangle gather (what it replaced).
+product ``G T`` in the backward) against autodiff of the einsum and the upper-triangle gather (what it replaced,
+still its ``custom_vjp=False`` form).
 
     .venv/bin/python -m benchmarks.bench_interaction --batches 1024 4096 --rounds 3
 
@@ -12,21 +13,13 @@ numpy float64 reference (the values and the gradient).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
 import numpy as np
 
 from mlet_jax.runtime import reexec_with_tuned_malloc
-
-
-def autodiff_interaction(t):
-    """The replaced form: ``Z = T T^T`` and a gather of its strict upper triangle, differentiated by JAX."""
-    import jax.numpy as jnp
-
-    n = t.shape[1]
-    iu, ju = np.triu_indices(n, k=1)
-    return jnp.einsum("bnd,bmd->bnm", t, t)[:, iu, ju]
 
 
 def main(argv=None) -> None:
@@ -55,7 +48,7 @@ def main(argv=None) -> None:
         np.add.at(want_g, (slice(None), iu), w64[:, :, None] * x64[:, ju])
         np.add.at(want_g, (slice(None), ju), w64[:, :, None] * x64[:, iu])
         x, w = jnp.asarray(x64, jnp.float32), jnp.asarray(w64, jnp.float32)
-        sides = {"library": dot_interaction, "autodiff": autodiff_interaction}
+        sides = {"library": dot_interaction, "autodiff": functools.partial(dot_interaction, custom_vjp=False)}
         fns, err = {}, {}
         for name, f in sides.items():
             fns[name] = jax.jit(lambda t, w, f=f: jax.value_and_grad(lambda t: jnp.sum(f(t) * w))(t))

@@ -84,31 +84,30 @@ def dot_interaction(t_BxVxD: jax.Array, *, custom_vjp: bool = True) -> jax.Array
     triangle of the same symmetric matrix). The gradient is one batched product ``dT = G T``, where ``G`` is the
     symmetric ``N x N`` matrix holding the cotangent of pair ``(i, j)`` at ``[i, j]`` and ``[j, i]`` (zero diagonal).
     ``G`` is read from the cotangent with a constant gather. Autodiff of the gather and the einsum instead
-    scatter-adds into ``Z`` and runs two batched products, 1.5x the time on CPU (BENCHMARKS.md, "DLRM's dot
+    scatter-adds into ``Z`` and runs two batched products, 1.7-1.9x the time on CPU (BENCHMARKS.md, "DLRM's dot
     interaction").
 
     A ``jax.custom_vjp`` function has no forward mode: ``custom_vjp=False`` computes the same values with plain
     autodiff of the einsum and the gather, for ``jax.jvp``, ``jax.jacfwd`` or Hessian-vector products.
     """
-    n = t_BxVxD.shape[1]
     if not custom_vjp:
-        iu, ju = np.triu_indices(n, k=1)
-        return jnp.einsum("bnd,bmd->bnm", t_BxVxD, t_BxVxD)[:, iu, ju]
-    return _dot_interaction(n)(t_BxVxD)
+        return _upper_pairs(t_BxVxD)
+    return _dot_interaction(t_BxVxD.shape[1])(t_BxVxD)
+
+
+def _upper_pairs(t_BxVxD: jax.Array) -> jax.Array:
+    iu, ju = np.triu_indices(t_BxVxD.shape[1], k=1)
+    return jnp.einsum("bnd,bmd->bnm", t_BxVxD, t_BxVxD)[:, iu, ju]
 
 
 @functools.cache
 def _dot_interaction(n: int):
+    """:func:`_upper_pairs` for ``N = n`` with the backward ``G T``."""
     iu, ju = np.triu_indices(n, k=1)
-    upper = (iu * n + ju).astype(np.int32)                # pair p at [iu[p], ju[p]] of the flattened Z
     sym = np.full((n, n), iu.size)                        # index iu.size: an appended zero (the diagonal)
     sym[iu, ju] = sym[ju, iu] = np.arange(iu.size)
     sym = sym.reshape(-1).astype(np.int32)
-
-    @jax.custom_vjp
-    def f(t_BxVxD):
-        z_BxVxV = jnp.einsum("bnd,bmd->bnm", t_BxVxD, t_BxVxD)
-        return z_BxVxV.reshape(t_BxVxD.shape[0], n * n)[:, upper]
+    f = jax.custom_vjp(_upper_pairs)
 
     def bwd(t_BxVxD, g_BxP):
         g_BxP1 = jnp.concatenate([g_BxP, jnp.zeros_like(g_BxP[:, :1])], axis=1)
