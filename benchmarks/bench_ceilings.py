@@ -82,6 +82,25 @@ def mlp_step(params, dense, inter, label):
     return jax.tree_util.tree_map(lambda p, d: p - 0.2 * d, params, g)
 
 
+def matmul_gflops(repeats: int = 5, n: int = 2048) -> dict:
+    """fp32 ``n^3`` matmul GFLOP/s of numpy (its BLAS) and of ``jnp.dot`` under ``jax.jit`` (XLA CPU): the fastest
+    a dense layer can run here; ``matmul_gflops`` is the better of the two."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    out = {f"numpy_matmul_{n}_gflops": 2.0 * n**3 / _best(lambda: np.matmul(a, b, out=c), repeats) / 1e9}
+    dot = jax.jit(jnp.dot)
+    x, w = jnp.asarray(a), jnp.asarray(b)
+    out[f"jax_matmul_{n}_gflops"] = 2.0 * n**3 / _best(lambda: dot(x, w).block_until_ready(), repeats) / 1e9
+    out["matmul_gflops"] = max(out[f"numpy_matmul_{n}_gflops"], out[f"jax_matmul_{n}_gflops"])
+    return out
+
+
 def measure_jax(batch: int = 4096, repeats: int = 5) -> dict:
     """JAX's matmul GFLOP/s (2048^3 and [batch, 512] x [512, 256]) and the MLP step's ms at ``batch``."""
     import jax

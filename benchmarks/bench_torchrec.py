@@ -50,7 +50,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import add_external_path, describe, machine, require_path
+from benchmarks.common import add_external_path, describe, machine, require_path, step_gflop
 
 SETTLE_S = 0.3  # libgomp's default spin (300,000 rounds) ends well within this
 TREC_PYTHON_ENV = "MLET_TREC_PYTHON"  # the python of the TorchRec venv (setup_torchrec.sh)
@@ -266,11 +266,7 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, side
                 for i in range(2):  # warm
                     state, _ = compiled(state, staged[i % n_batches])
                 jax.block_until_ready(state)
-                gflop = _cost_gflop(compiled)
-                if trainer.chunk_samples and trainer.chunk_samples < b:
-                    # XLA's cost analysis counts a scan's body once: take the FLOPs of the one-pass twin
-                    twin = dlrm_trainer(vocab, kind, dim, inner_dim, toy, 0)
-                    gflop = _cost_gflop(twin.train_step.lower(state, staged[0]).compile())
+                gflop = step_gflop(trainer, state, staged[0])  # the one-pass twin's: a scan counts once
                 jx["dlrm", label, b] = [state, compiled, staged, gflop, time.perf_counter() - t0,
                                         trainer.chunk_samples]
                 log(f"compiled mlet_jax dlrm {label} batch {b} in {jx['dlrm', label, b][4]:.0f} s")

@@ -47,6 +47,7 @@ import time
 import jax
 import numpy as np
 
+from benchmarks import bench_ceilings
 from benchmarks.common import (
     DEEPCTR_PYTHON_ENV,
     PEER_BENCH_ENV,
@@ -54,6 +55,7 @@ from benchmarks.common import (
     add_external_path,
     machine,
     require_path,
+    step_gflop,
     timed,
 )
 from experiments.common import mean_std
@@ -124,9 +126,7 @@ def run_mlet_jax(args, ds, model: str, batch: int, kind: str) -> dict:
                                     state=state)
     m, eval_s = timed(trainer.evaluate, state.params, test, batch_size=4096)
     b0 = {"dense": train.dense[:batch], "ids": train.ids[:batch], "label": train.label[:batch]}
-    cost = trainer.train_step.lower(state, b0).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    flops = 1e9 * step_gflop(trainer, state, b0)
     steps = len(train) // batch
     return {"lib": "mlet_jax", "jax": jax.__version__, "model": model, "kind": kind,
             "inner_dim": args.inner_dim if kind == "mlet" else None, "n_train": len(train), "n_test": len(test),
@@ -184,12 +184,12 @@ def _gap(a: list[dict], b: list[dict], key: str = "test_auc") -> str:
 
 def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
     """The per (model, batch) table of medians over repeats; ``ceil`` from :func:`run_ceilings` (may be empty)."""
-    gflops = ceil.get("numpy_matmul_fp32_gflops")
+    gflops = ceil.get("matmul_gflops") or ceil.get("numpy_matmul_fp32_gflops")
     lines = ["| model | batch | DeepCTR-Torch samples/s | mlet_jax single samples/s | ratio | "
              f"mlet_jax MLET k={inner_dim} samples/s | MLET slowdown | AUC DeepCTR / single / MLET | "
              "AUC single - DeepCTR (+- Welch se) | LogLoss DeepCTR / single / MLET | "
-             "single: GFLOP/step, % of matmul ceiling |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "single: GFLOP/step, % of matmul ceiling | 10x DeepCTR: step budget / FLOP floor ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda k: (list(MODEL_NAMES).index(k[0]), k[1]))
     for model, batch in keys:
         here = [r for r in rows if r["model"] == model and r["batch_size"] == batch]
@@ -197,14 +197,17 @@ def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
         s = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "single"]
         m = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "mlet"]
         ds_, ss, ms = _med(d, "steady_sps"), _med(s, "steady_sps"), _med(m, "steady_sps")
-        floor = ""
+        floor = budget = ""
         if s and gflops:
             gf = _med(s, "step_flops") / 1e9
             floor = f"{gf:.2f}, {100 * gf * ss / batch / gflops:.0f}%"
+            if d:  # the step time 10x DeepCTR-Torch's samples/s allows, against the FLOPs at the matmul ceiling
+                b_ms, f_ms = 1e3 * batch / (10 * ds_), 1e3 * gf / gflops
+                budget = f"{b_ms:.1f} / {f_ms:.1f}" + (" (below the floor)" if b_ms < f_ms else "")
         auc = " / ".join(_mean_sd(rs, "test_auc") for rs in (d, s, m))
         ll = " / ".join(_mean_sd(rs, "test_logloss") for rs in (d, s, m))
         lines.append(f"| {model} | {batch} | {_num(ds_)} | {_num(ss)} | {_ratio(ss, ds_, 1)} | {_num(ms)} | "
-                     f"{_ratio(ss, ms, 2)} | {auc} | {_gap(s, d)} | {ll} | {floor} |")
+                     f"{_ratio(ss, ms, 2)} | {auc} | {_gap(s, d)} | {ll} | {floor} | {budget} |")
     return "\n".join(lines)
 
 
@@ -240,14 +243,18 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--md", default="", help="write the markdown table here")
     ap.add_argument("--table-from", default="", help="only print the markdown table of this JSONL file's rows")
     ap.add_argument("--matmul-gflops", type=float, default=0.0,
-                    help="with --table-from: the matmul ceiling for the floor column (the peer README: ~200 quiet)")
+                    help="with --table-from: the matmul ceiling (GFLOP/s) for the floor columns (default: the "
+                         "file's own in-run ceiling, written since 2026-12-03)")
     args = ap.parse_args(argv)
     if args.table_from:
         if not os.path.isfile(args.table_from):
             ap.error(f"argument --table-from: {args.table_from} not found")
         with open(args.table_from) as fh:
-            rows = [json.loads(x) for x in fh if x.startswith('{"lib"')]
-        ceil = {"numpy_matmul_fp32_gflops": args.matmul_gflops} if args.matmul_gflops else {}
+            lines = [json.loads(x) for x in fh if x.startswith("{")]
+        rows = [r for r in lines if "lib" in r]
+        ceil = next((r["ceilings"] for r in reversed(lines) if "ceilings" in r), {})
+        if args.matmul_gflops:
+            ceil = {"matmul_gflops": args.matmul_gflops}
         table = markdown(rows, ceil, args.inner_dim)
         print(table)
         return rows
@@ -262,8 +269,9 @@ def main(argv=None) -> list[dict]:
     full = load_dataset("arrays", args.data)
     rows: list[dict] = []
     ceil = run_ceilings(args) if args.ceilings else {}
-    if ceil:
-        print(json.dumps({"ceilings": ceil}), flush=True)
+    mm = [bench_ceilings.matmul_gflops(3)]  # this process's matmul ceiling, before and after the runs
+    ceil["matmul_gflops"] = mm[0]["matmul_gflops"]
+    print(json.dumps({"ceilings": ceil, "matmul_before": mm[0]}), flush=True)
 
     def emit(rec, seed):
         rec.update(machine=machine(), data=args.data, seed=seed, deepctr_l2=args.deepctr_l2)
@@ -294,6 +302,12 @@ def main(argv=None) -> list[dict]:
                     rec = run_deepctr(a, model, batch) if lib == "deepctr" else run_mlet_jax(a, ds, model, batch, kind)
                     rec["rep"] = rep
                     emit(rec, a.seed)
+    mm.append(bench_ceilings.matmul_gflops(3))
+    ceil["matmul_gflops"] = max(m["matmul_gflops"] for m in mm)
+    print(json.dumps({"ceilings": ceil, "matmul_after": mm[1]}), flush=True)
+    if args.out:
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps({"ceilings": ceil, "matmul": mm}) + "\n")
     table = markdown(rows, ceil, args.inner_dim)
     print(table)
     if args.md:

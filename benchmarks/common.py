@@ -21,6 +21,8 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # JAX is imported inside the timing and machine helpers, so that a benchmark's --help and usage errors come before
 # JAX starts, and parity_deepctr's torch side (which runs under DeepCTR-Torch's interpreter) can use this module.
 
@@ -46,6 +48,22 @@ def best_of(fn: Callable, *args, reps: int) -> float:
     """The fastest of ``reps`` timed calls of ``fn(*args)``, after one untimed call (compilation, warm caches)."""
     timed(fn, *args)
     return min(timed(fn, *args)[1] for _ in range(reps))
+
+
+def step_gflop(trainer, state, batch) -> float:
+    """GFLOP of one train step of ``trainer`` on ``batch``, by XLA's cost analysis of the compiled step.
+
+    XLA counts a loop's body once, so a step that runs its samples in chunks (``TrainConfig.chunk_samples``, a
+    ``lax.scan``) would report one chunk's FLOPs; the count is taken from the one-pass twin of the step instead
+    (the same math, so the same FLOPs). A ``lax.cond`` counts as its costlier branch.
+    """
+    import dataclasses
+
+    if trainer.chunk_samples and trainer.chunk_samples < int(np.shape(batch["ids"])[0]):
+        trainer = dataclasses.replace(trainer, config=dataclasses.replace(trainer.config, chunk_samples=0))
+    cost = trainer.train_step.lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
 
 
 def round_robin(steps: dict[Hashable, Callable], states: dict, batch_at: Callable[[int], Any],

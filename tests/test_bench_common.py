@@ -97,3 +97,28 @@ def test_write_jsonl_reads_back(tmp_path):
     common.write_jsonl(str(tmp_path / "sub" / "rows.jsonl"), rows)
     text = (tmp_path / "sub" / "rows.jsonl").read_text()
     assert text.endswith("\n") and [json.loads(x) for x in text.splitlines()] == rows
+
+
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_step_gflop_counts_every_chunk_against_the_hand_count(tmp_path, chunk):
+    """WDL's DNN on 26 fields of width 4 and 13 dense features: (117 -> 256 -> 128 -> 1) matmuls, forward plus the
+    backward's dX and dW, are 6 B sum(in * out) FLOPs; XLA adds the elementwise ops and the update on top (a few %).
+    A step in chunks of 64 samples at batch 256 runs its body in a scan, which XLA's cost analysis counts once: the
+    count must still cover all 256 samples."""
+    import numpy as np
+
+    from benchmarks.bench_vs_deepctr import write_tiny_arrays
+    from mlet_jax.data import load_dataset
+    from mlet_jax.embeddings import EmbeddingSpec
+    from mlet_jax.models import build_model
+    from mlet_jax.optim import OptimizerSpec
+    from mlet_jax.training import TrainConfig, Trainer
+
+    ds = load_dataset("arrays", write_tiny_arrays(str(tmp_path / "d"), n_train=256, n_test=8))
+    trainer = Trainer(build_model("wdl", ds.schema, EmbeddingSpec(kind="single", dim=4)),
+                      TrainConfig(optimizer=OptimizerSpec("adagrad", 0.02), chunk_samples=chunk))
+    b = 256
+    batch = {k: np.asarray(getattr(ds.train, k)[:b]) for k in ("dense", "ids", "label")}
+    state = trainer.init(0, batch)
+    hand = 6 * b * (117 * 256 + 256 * 128 + 128 * 1) / 1e9
+    assert hand <= common.step_gflop(trainer, state, batch) <= 1.3 * hand

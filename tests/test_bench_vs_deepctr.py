@@ -63,6 +63,11 @@ def test_markdown_ratios_and_floor():
     # 60k samples/s at 2 GFLOP per 1024-row step = 117 GFLOP/s, 59% of 200.
     assert "| DCN | 1024 | 10,000 | 60,000 | 6.0x | 50,000 | 1.20x |" in line and "2.00, 59%" in line
     assert "| +0.0000 (1 / 1 runs) |" in line
+    # 10x DeepCTR-Torch's 10,000 samples/s leaves 1024 / 100,000 s = 10.24 ms a step; 2 GFLOP at 200 GFLOP/s: 10 ms
+    assert line.endswith("| 10.2 / 10.0 |")
+    rows[0]["steady_sps"] = 20_000.0  # 5.12 ms: below what the FLOPs need at the ceiling
+    assert bench_vs_deepctr.markdown(rows, {"matmul_gflops": 200.0}).splitlines()[-1].endswith(
+        "| 5.1 / 10.0 (below the floor) |")
 
 
 def test_markdown_auc_gap_has_welch_standard_error():
