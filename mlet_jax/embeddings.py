@@ -295,29 +295,38 @@ class Embeddings(nn.Module):
         rows are the batch's slots, slot-major (slot ``s B + b`` is the row of ``ids[b, s]``, a tile per id slot,
         :func:`mlet_jax.row_sparse.dedup_rows`); ``tile_field_T`` (``[T]`` ints) instead names the field of each of
         ``T`` tiles (the batch's distinct rows grouped by field, :func:`mlet_jax.row_sparse.compact_rows`).
-        MLET projects the gathered rows first, each with its field's projection, and looks occurrences up d-wide:
-        pooling and projection are both linear, and the backward's scatter into the rows is d-wide instead of
-        k-wide. ``params`` is this module's parameter dictionary (MLET reads its ``projection``; ``table`` is not
-        read).
+        MLET projects the gathered rows first (:meth:`project_rows`), each with its field's projection, and looks
+        occurrences up d-wide: pooling and projection are both linear, and the backward's scatter into the rows is
+        d-wide instead of k-wide. ``params`` is this module's parameter dictionary (MLET reads its ``projection``;
+        ``table`` is not read).
         """
+        return lookup_rows(self.project_rows(params, slot_rows_UxW, slot_BxS, tile_field_T), slot_BxS, self._slots(),
+                           self.pooling)
+
+    def project_rows(self, params: Mapping, slot_rows_UxW: jax.Array, slot_BxS: jax.Array,
+                     tile_field_T=None) -> jax.Array:
+        """The gathered rows as :meth:`lookup_slots` looks occurrences up in them: ``[U, d]``. MLET multiplies each
+        row by its field's projection (``[U, k] -> [U, d]``, tiles as in :meth:`lookup_slots`); single-layer rows are
+        returned as they are. ``slot_BxS`` is the whole batch's (it gives the per-slot tiling when ``tile_field_T``
+        is ``None``); a lookup may then read the projected rows for any subset of the batch's samples."""
         spec, slots = self.spec, self._slots()
-        if spec.kind == "mlet":
-            proj_FxKxD = params["projection"]
-            if tile_field_T is None:
-                n_b, n_slots = slot_BxS.shape
-                if slot_rows_UxW.shape[0] != n_b * n_slots:
-                    raise ValueError(f"expected the batch's {n_b} x {n_slots} slot rows, got {slot_rows_UxW.shape[0]}")
-                tile_field_T = np.repeat(np.arange(len(slots)), slots)
-            n_tiles = tile_field_T.shape[0]
-            if slot_rows_UxW.shape[0] % n_tiles:
-                raise ValueError(f"{slot_rows_UxW.shape[0]} gathered rows do not split into {n_tiles} tiles")
-            if isinstance(tile_field_T, np.ndarray) and np.array_equal(tile_field_T, np.arange(len(slots))):
-                p_TxKxD = proj_FxKxD  # one slot per field: no gather of the projections
-            else:
-                p_TxKxD = proj_FxKxD[tile_field_T]
-            slot_rows_UxW = jnp.einsum("tbk,tkd->tbd", slot_rows_UxW.reshape(n_tiles, -1, spec.inner_dim),
-                                       p_TxKxD).reshape(-1, spec.dim)
-        return lookup_rows(slot_rows_UxW, slot_BxS, slots, self.pooling)
+        if spec.kind != "mlet":
+            return slot_rows_UxW
+        proj_FxKxD = params["projection"]
+        if tile_field_T is None:
+            n_b, n_slots = slot_BxS.shape
+            if slot_rows_UxW.shape[0] != n_b * n_slots:
+                raise ValueError(f"expected the batch's {n_b} x {n_slots} slot rows, got {slot_rows_UxW.shape[0]}")
+            tile_field_T = np.repeat(np.arange(len(slots)), slots)
+        n_tiles = tile_field_T.shape[0]
+        if slot_rows_UxW.shape[0] % n_tiles:
+            raise ValueError(f"{slot_rows_UxW.shape[0]} gathered rows do not split into {n_tiles} tiles")
+        if isinstance(tile_field_T, np.ndarray) and np.array_equal(tile_field_T, np.arange(len(slots))):
+            p_TxKxD = proj_FxKxD  # one slot per field: no gather of the projections
+        else:
+            p_TxKxD = proj_FxKxD[tile_field_T]
+        return jnp.einsum("tbk,tkd->tbd", slot_rows_UxW.reshape(n_tiles, -1, spec.inner_dim),
+                          p_TxKxD).reshape(-1, spec.dim)
 
 
 class FirstOrder(nn.Module):
@@ -440,14 +449,29 @@ class EmbeddingStage(nn.Module):
         """The same :class:`Features` from the batch's gathered rows ``slot_rows[path]`` of each table.
 
         ``params`` is the model's parameter tree (the stage reads its non-table parameters: MLET projections and the
-        first-order dense weights); ``slot_BxS`` and ``tile_field_T`` as in :meth:`Embeddings.lookup_slots`.
+        first-order dense weights); ``slot_BxS`` and ``tile_field_T`` as in :meth:`Embeddings.lookup_slots`. The
+        same as :meth:`lookup_projected` of :meth:`project_rows`.
         """
-        emb_rows_UxW = slot_rows[("embeddings", "table")]
-        emb = self.embeddings(parent=None).lookup_slots(params.get("embeddings", {}), emb_rows_UxW, slot_BxS,
-                                                        tile_field_T)
+        return self.lookup_projected(params, self.project_rows(params, slot_rows, slot_BxS, tile_field_T), slot_BxS,
+                                     dense_BxM)
+
+    def project_rows(self, params: Mapping, slot_rows: Mapping[tuple[str, ...], jax.Array], slot_BxS: jax.Array,
+                     tile_field_T=None) -> dict:
+        """The per-row part of :meth:`lookup_slots`: ``slot_rows`` with the embedding rows projected
+        (:meth:`Embeddings.project_rows`; the first-order rows are never projected). Done once per batch; then
+        :meth:`lookup_projected` may read the rows for the whole batch or for any chunk of its samples."""
+        emb = ("embeddings", "table")
+        return {**slot_rows, emb: self.embeddings(parent=None).project_rows(params.get("embeddings", {}),
+                                                                          slot_rows[emb], slot_BxS, tile_field_T)}
+
+    def lookup_projected(self, params: Mapping, rows: Mapping[tuple[str, ...], jax.Array], slot_BxS: jax.Array,
+                         dense_BxM: jax.Array) -> Features:
+        """The per-sample part of :meth:`lookup_slots`: :class:`Features` of the samples of ``slot_BxS`` (and
+        ``dense_BxM``) from :meth:`project_rows`'s rows."""
+        emb = lookup_rows(rows[("embeddings", "table")], slot_BxS, self.embeddings(parent=None)._slots(), self.pooling)
         if not self.first_order:
             return Features(emb)
-        rows_Ux1 = slot_rows[("linear", "embeddings", "table")]
+        rows_Ux1 = rows[("linear", "embeddings", "table")]
         first = self.linear(parent=None).lookup_slots(params.get("linear", {}), rows_Ux1, slot_BxS, dense_BxM)
         return Features(emb, first)
 

@@ -10,7 +10,9 @@ One step (:func:`value_and_grad` then :meth:`RowSparse.update` per table):
 3. each table's distinct rows are gathered (``[C, width]``) once, each row projected once with its field's
    projection (MLET), and every occurrence is looked up d-wide from them
    (:meth:`mlet_jax.embeddings.EmbeddingStage.lookup_slots`); the model body runs on the features, and
-   ``jax.grad`` gives the gradient with respect to the gathered rows;
+   ``jax.grad`` gives the gradient with respect to the gathered rows. A batch run in chunks of samples
+   (``TrainConfig.chunk_samples``) projects the rows once and looks each chunk's occurrences up in them, adding
+   the chunk's row gradient into one carried ``[C, d]`` array (:func:`lookup_body_value_and_grad`);
 4. :class:`RowSparse` applies torch's SGD or Adagrad to those rows only.
 
 For SGD without momentum and for Adagrad, without weight decay, this equals the dense update exactly: a row with a
@@ -355,6 +357,57 @@ def body_value_and_grad(model, loss_fn: Callable, rest: Mapping, features, batch
     return loss, g_rest, g_feats
 
 
+def lookup_body_value_and_grad(model, loss_fn: Callable, rest: Mapping, rows: Mapping, ref_BxS: jax.Array,
+                               batch: Mapping, chunk: int | None, rngs: Mapping | None = None, train: bool = False):
+    """``(loss, g_rest, g_rows)``: the occurrences' lookup in the batch's projected rows ``rows``
+    (:meth:`~mlet_jax.embeddings.EmbeddingStage.project_rows`), the model body and the loss, ``chunk`` samples at a
+    time, as :func:`body_value_and_grad` runs the body alone.
+
+    Each chunk looks its own samples up (``ref_BxS``'s rows for them) and its gradient with respect to the rows is
+    added into one ``[G, W]`` gradient per table carried through the ``lax.scan``: XLA makes the lookup's backward a
+    scatter-add into the carry, in place. Nothing per slot is stacked over the chunks (the whole batch's
+    ``[B, F, d]`` features, a zero fill of their gradient, one slice and one write per chunk: ~20% of an NFM step at
+    batch 4096, BENCHMARKS.md). ``chunk`` ``None`` or ``>= B``: one pass. Equal to the one-pass gradient up to float
+    rounding; dropout as in :func:`body_value_and_grad`.
+    """
+    stage = model.embedding_stage()
+    n_b = ref_BxS.shape[0]
+    per_sample = _per_sample(batch, n_b)
+
+    def one(rest_p, rows_p, xs_c, i):  # i: the chunk's index, None for one pass
+        ref_c, batch_c = xs_c
+        p = traverse_util.unflatten_dict(rest_p)
+        features = stage.lookup_projected(p, rows_p, ref_c, batch_c["dense"])
+        rngs_c = rngs if rngs is None or i is None else {k: jax.random.fold_in(r, i) for k, r in rngs.items()}
+        logits = model.apply({"params": p}, features, batch_c["dense"], train=train, rngs=rngs_c, method="body")
+        return loss_fn(logits, batch_c)
+
+    vg = jax.value_and_grad(one, argnums=(0, 1))
+    if chunk is None or chunk >= n_b:
+        loss, (g_rest, g_rows) = vg(rest, rows, (ref_BxS, per_sample), None)
+        return loss, g_rest, g_rows
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 samples, got {chunk}")
+    n_full, tail = divmod(n_b, chunk)
+
+    def part(lo, n, shape):
+        return jax.tree_util.tree_map(lambda x: x[lo:lo + n].reshape(*shape, *x.shape[1:]), (ref_BxS, per_sample))
+
+    def scan_body(carry, xs):
+        xs_c, i = xs
+        return jax.tree_util.tree_map(jnp.add, carry, vg(rest, rows, xs_c, i)), None
+
+    shapes = jax.eval_shape(vg, rest, rows, part(0, chunk, (chunk,)), jnp.int32(0))
+    zero = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    (loss, (g_rest, g_rows)), _ = jax.lax.scan(scan_body, zero, (part(0, n_full * chunk, (n_full, chunk)),
+                                                                 jnp.arange(n_full, dtype=jnp.int32)))
+    if tail:
+        loss_t, grads_t = vg(rest, rows, part(n_full * chunk, tail, (tail,)), jnp.int32(n_full))
+        loss = loss + loss_t
+        g_rest, g_rows = jax.tree_util.tree_map(jnp.add, (g_rest, g_rows), grads_t)
+    return loss, g_rest, g_rows
+
+
 def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, scratch_N: jax.Array | None = None,
                    rngs: Mapping | None = None, train: bool = False, chunk: int | None = None,
                    capacity_tiles: int | None = None):
@@ -395,13 +448,14 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
             loss, (g_rest, g_rows) = jax.value_and_grad(loss_of, argnums=(0, 1))(rest, gathered)
             return loss, g_rest, g_rows
 
-        # the features of the whole batch once (MLET projects each gathered row once), the body chunk by chunk
-        def features_of(rest_p, rows_p):
-            return stage.lookup_slots(traverse_util.unflatten_dict(rest_p), rows_p, ref_BxS, dense, tile_field_T)
+        # the rows once (MLET projects each gathered row once), the occurrences' lookup and the body chunk by chunk
+        def rows_of(rest_p, rows_p):
+            return stage.project_rows(traverse_util.unflatten_dict(rest_p), rows_p, ref_BxS, tile_field_T)
 
-        features, features_vjp = jax.vjp(features_of, rest, gathered)
-        loss, g_rest, g_features = body_value_and_grad(model, loss_fn, rest, features, batch, chunk, rngs, train)
-        g_rest_stage, g_rows = features_vjp(g_features)
+        projected, rows_vjp = jax.vjp(rows_of, rest, gathered)
+        loss, g_rest, g_projected = lookup_body_value_and_grad(model, loss_fn, rest, projected, ref_BxS, batch, chunk,
+                                                               rngs, train)
+        g_rest_stage, g_rows = rows_vjp(g_projected)
         return loss, jax.tree_util.tree_map(jnp.add, g_rest, g_rest_stage), g_rows
 
     slots = stage.slots if stage.slots is not None else (1,) * len(stage.vocab_sizes)

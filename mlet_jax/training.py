@@ -77,10 +77,12 @@ class TrainConfig:
             Without it ``fit`` checks the parameters themselves for NaN/inf before each checkpoint.
         chunk_samples: run the per-sample part of a step (the model body on the embeddings: interaction, MLPs,
             heads; and the loss) over chunks of this many samples, gradients summed
-            (:func:`mlet_jax.row_sparse.body_value_and_grad`): a chunk's activations stay in cache, a large batch's
-            do not. The embedding part (dedup, compaction, gather, MLET projection, row updates) still runs once per
-            batch. Same gradient as one pass up to float rounding, for any batch size (a batch not divisible into
-            chunks runs its rest as one more, smaller chunk); dropout masks are drawn per chunk (seeded,
+            (:func:`mlet_jax.row_sparse.lookup_body_value_and_grad` on the row-sparse path, with each chunk's
+            occurrences looked up in the batch's projected rows; :func:`mlet_jax.row_sparse.body_value_and_grad` on
+            the dense path): a chunk's activations stay in cache, a large batch's do not. The embedding part (dedup,
+            compaction, gather, MLET projection, row updates) still runs once per batch. Same gradient as one
+            pass up to float rounding, for any batch size (a batch not divisible into chunks runs its rest as one
+            more, smaller chunk); dropout masks are drawn per chunk (seeded,
             deterministic, not the one-pass masks). ``None``: :data:`CHUNK_SAMPLES` on one device, one pass on a
             mesh; ``0``: one pass. A batch of at most this many samples always runs in one pass.
         compact_headroom: the row-sparse compact step (:mod:`mlet_jax.row_sparse`) holds this many times the

@@ -8,6 +8,7 @@ import pytest
 from test_sparse import VOCAB, _batches, _model
 
 from mlet_jax.embeddings import EmbeddingSpec
+from mlet_jax.models.deepfm import DeepFM
 from mlet_jax.models.nfm import NFM
 from mlet_jax.optim import OptimizerSpec
 from mlet_jax.training import CHUNK_SAMPLES, TrainConfig, Trainer
@@ -74,6 +75,20 @@ def test_chunked_row_sparse_step_with_overflowing_batches(monkeypatch):
     opt = OptimizerSpec("adagrad", lr=0.05)
     ref = _run(model, TrainConfig(optimizer=opt, sparse_tables=True, chunk_samples=0), data)
     _assert_same(_run(model, TrainConfig(optimizer=opt, sparse_tables=True, chunk_samples=16), data), ref)
+
+
+@pytest.mark.parametrize("kind", ["mlet", "single"])
+def test_chunked_first_order_model_equals_one_pass(kind):
+    # DeepFM has a first-order part: a width-1 table over the same rows and dense weights, both read per chunk
+    # from the rows projected once (EmbeddingStage.lookup_projected). Bags, repeats, a remainder chunk.
+    slots = (1, 3, 2, 1)
+    data = _batches(3, batch=40, slots=slots)
+    spec = EmbeddingSpec(kind=kind, dim=4, inner_dim=8 if kind == "mlet" else None)
+    model = DeepFM(vocab_sizes=VOCAB, num_dense=2, embedding=spec, slots=slots, dnn=(8,))
+    ref = _run(model, TrainConfig(optimizer=ADAGRAD, sparse_tables=False, chunk_samples=0), data)
+    _assert_same(_run(model, TrainConfig(optimizer=ADAGRAD, sparse_tables=True, chunk_samples=16), data), ref)
+    assert np.abs(ref[0]["linear"]["dense"] - np.asarray(Trainer(model).init(0, data[0]).params["linear"]["dense"])
+                  ).max() > 1e-3  # the first-order dense weights did train
 
 
 def test_chunked_dropout_is_seeded_and_deterministic():

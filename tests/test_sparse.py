@@ -163,13 +163,17 @@ def test_fit_returns_lazily_decayed_tables_up_to_date():
     assert [e["auc"] for e in hist.evals] == pytest.approx([e["auc"] for e in hist_dense.evals], abs=1e-6)
 
 
-def test_sort_based_dedup_equals_dense(monkeypatch):
+def test_sort_based_dedup_equals_dense(monkeypatch, request):
     # Tables above SCATTER_DEDUP_MAX_ROWS rows deduplicate through jnp.unique's sort instead of the scatter-min
     # scratch array; force that path on a small table so it is checked too (Trainer.init then makes a state without
     # a dedup scratch, and the step compiles the sort path for that state structure).
     import mlet_jax.row_sparse as row_sparse
 
+    # the limit is read when a step or init is traced, and jit caches traces per equal trainer: an earlier test's
+    # trace of the same trainer would be reused (and this test's would outlive it) without clearing the caches
+    jax.clear_caches()
     monkeypatch.setattr(row_sparse, "SCATTER_DEDUP_MAX_ROWS", 0)
+    request.addfinalizer(jax.clear_caches)
     data = _batches(8, slots=(1, 3, 2, 1))
     model = _model("mlet", (1, 3, 2, 1))
     opt = OptimizerSpec("adagrad", 0.05)
