@@ -282,12 +282,15 @@ _RSS_CHILD = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_prepare_peak_rss_does_not_grow_with_rows(tmp_path):
-    """Peak RSS of prepare at 120k vs 900k rows of one file: the old memory-mapped finalize grew ~430 B/row
-    (~300 MiB here); now the difference is the distinct values' state (~60 B each) and allocator noise."""
+    """Peak RSS of prepare at 300k vs 900k rows of one file: the old memory-mapped finalize grew ~430 B/row
+    (~250 MiB here); now the difference is the distinct values' state and allocator noise (2026-12-03: 301 and
+    342 MiB, +335k distinct values). The smaller prefix must fill the parse's pipeline (a 16 MiB block is ~67k rows
+    here, and the reader, the parser and the store's writer each hold one or two): at 120k rows it holds only two
+    blocks and peaked 100 MiB lower (239 MiB), which a growth test would misread as growth with the rows."""
     full = tmp_path / "full.txt"
     gen.generate("criteo", str(full), scale=0.02, seed=0)       # 916,812 rows
     peaks = []
-    for rows in (120_000, 900_000):
+    for rows in (300_000, 900_000):
         d = tmp_path / f"p{rows}"
         d.mkdir()
         with open(full, "rb") as fi, open(d / "train.txt", "wb") as fo:
@@ -299,5 +302,5 @@ def test_prepare_peak_rss_does_not_grow_with_rows(tmp_path):
         with np.load(d / "cache" / "vocab.npz") as z:
             vocab = sum(z[k].size for k in z.files)
     grow = peaks[1] - peaks[0]
-    print(f"peak RSS {peaks[0]:.0f} MiB at 120k rows, {peaks[1]:.0f} MiB at 900k rows ({vocab} vocabulary keys)")
+    print(f"peak RSS {peaks[0]:.0f} MiB at 300k rows, {peaks[1]:.0f} MiB at 900k rows ({vocab} vocabulary keys)")
     assert grow < 100, (peaks, vocab)
