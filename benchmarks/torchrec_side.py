@@ -12,7 +12,8 @@ line, so that the caller can alternate it with mlet_jax's steps in one run while
 blocking read:
 
 * ``{"cmd": "dlrm", "batch": B, "steps": n}``: ``n`` train steps cycling through the batches of size B (the first
-  call per B also runs 3 untimed warm-up steps); answers ``{"times": [seconds per step]}``.
+  call per B also runs 3 untimed warm-up steps, and every call first runs ``"warmup"`` untimed steps, default 0);
+  answers ``{"times": [seconds per step]}``.
 * ``{"cmd": "emb", "batch": B, "steps": n}``: the embedding part alone: FBGEMM's CPU
   ``SplitTableBatchedEmbeddingBagsCodegen`` (26 tables, sum pooling of one id per bag, EXACT_SGD lr 0.2 fused into
   the backward) forward on the batch's ids, then backward with the fixed upstream gradient ``grad_B``.
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
 
     warm = set()
 
-    def run(kind, b, steps):
+    def run(kind, b, steps, warmup=0):
         batches, g = data[b]
         call = ((lambda i: dlrm_step(*batches[i % len(batches)][:3])) if kind == "dlrm" else
                 (lambda i: emb_step(*batches[i % len(batches)][3:], g)))
@@ -108,10 +109,12 @@ def main(argv=None) -> int:
             for i in range(3):
                 call(i)
             warm.add((kind, b))
+        for i in range(warmup):  # untimed, as the mlet_jax segments' first steps
+            call(i)
         times = []
         for i in range(steps):
             t0 = time.perf_counter()
-            call(i)
+            call(warmup + i)
             times.append(time.perf_counter() - t0)
         return times
 
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
         if cmd["cmd"] == "quit":
             break
         if cmd["cmd"] in ("dlrm", "emb"):
-            reply({"times": run(cmd["cmd"], int(cmd["batch"]), int(cmd["steps"]))})
+            reply({"times": run(cmd["cmd"], int(cmd["batch"]), int(cmd["steps"]), int(cmd.get("warmup", 0)))})
         elif cmd["cmd"] == "ceil":
             reply({"torch_matmul_2048_gflops": gflops(2048, 2048, 2048),
                    "torch_matmul_mlp_gflops": gflops(int(cmd.get("m", 4096)), 512, 256)})
