@@ -26,9 +26,10 @@ while after each parallel region, then sleep; ``--omp-wait-policy``), and each m
 slower on the 2-core box, and ``ACTIVE`` threads take the CPU from mlet_jax's segments. For every repeat, batch
 size and part the two sides run ``--steps`` steps each, one after the other, so load drift hits both alike;
 reported are medians of all timed steps and their ratios. Every segment, on both sides, first runs
-``--segment-warmup`` untimed steps (default 1): the pause idles the whole machine, and the first steps after it
+``--segment-warmup`` untimed steps (default 1) and goes on with untimed steps for ``SETTLE_S``; mlet_jax's settle
+is spent that way, not asleep. An idle pause lets this VM's CPU slow down: the steps right after a 0.3 s sleep
 were up to ~1.5x slower (the embedding part's median at 4096 went from 4.9 to 7.2 ms with the pause alone, no torch
-side), which only mlet_jax's segments paid, since torch's start right after ours. The same run measures the
+side), which only mlet_jax's segments paid while torch's started right after ours. The same run measures the
 machine's ceilings (:func:`benchmarks.bench_ceilings.measure`) and each mlet_jax step as a fraction of its floor:
 FLOPs per step (XLA's cost analysis of the compiled step) at the in-run ``jnp.dot`` GFLOP/s of the MLP's largest
 layer, plus a random gather and a random scatter-add of every distinct row of the batch at the in-run random rows/s
@@ -294,23 +295,32 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, side
 
     times: dict = {}
 
-    def jax_segment(key):
+    def one_step(key, i):
         entry = jx[key]
+        if key[0] == "dlrm":
+            entry[0], _ = entry[1](entry[0], entry[2][i % n_batches])
+            jax.block_until_ready(entry[0])
+        else:
+            ids, grad = entry[2]
+            *carry, emb = entry[1](*entry[0], ids[i % n_batches], grad)
+            jax.block_until_ready((carry, emb))
+            entry[0] = carry
+
+    def jax_segment(key):
+        # Untimed steps first: at least `segment_warmup`, and with a torch side for SETTLE_S, while torch's OpenMP
+        # threads stop spinning. Busy, not asleep: after an idle pause this VM's CPU takes ~10 ms of work to come
+        # back to speed (a numpy gather 3.4 ms -> 1.0 ms), and the mlet_jax steps right after a 0.3 s sleep were
+        # up to 1.5x slower, which the torch side, starting right after ours, never paid.
+        settle = SETTLE_S if torch is not None and torch.wait_policy == "DEFAULT" else 0.0
+        t_end, i = time.perf_counter() + settle, 0
+        while i < segment_warmup or time.perf_counter() < t_end:
+            one_step(key, i)
+            i += 1
         out = []
-        if torch is not None and torch.wait_policy == "DEFAULT":
-            time.sleep(SETTLE_S)  # torch's OpenMP threads stop spinning before mlet_jax's steps are timed
-        for i in range(segment_warmup + steps):
+        for j in range(i, i + steps):
             t0 = time.perf_counter()
-            if key[0] == "dlrm":
-                entry[0], _ = entry[1](entry[0], entry[2][i % n_batches])
-                jax.block_until_ready(entry[0])
-            else:
-                ids, grad = entry[2]
-                *carry, emb = entry[1](*entry[0], ids[i % n_batches], grad)
-                jax.block_until_ready((carry, emb))
-                entry[0] = carry
-            if i >= segment_warmup:
-                out.append(time.perf_counter() - t0)
+            one_step(key, j)
+            out.append(time.perf_counter() - t0)
         return out
 
     for r in range(repeats):
@@ -320,7 +330,8 @@ def _run(arrays, vocab, batches, repeats, steps, n_batches, dim, inner_dim, side
                     times.setdefault((part, f"mlet_jax_{label}", b), []).extend(jax_segment((part, label, b)))
                 if torch is not None:
                     times.setdefault((part, "torchrec", b), []).extend(torch.ask(cmd=part, batch=b, steps=steps,
-                                                                                 warmup=segment_warmup)
+                                                                                 warmup=segment_warmup,
+                                                                                 warmup_s=SETTLE_S)
                                                                        ["times"])
         log(f"repeat {r + 1}/{repeats} done, {time.perf_counter() - t_start:.0f} s, load {os.getloadavg()[0]:.1f}")
     ceil1 = measure(batch=max(batches), repeats=3, copy_mib=64 if toy else 256,

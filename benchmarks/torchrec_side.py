@@ -12,8 +12,8 @@ line, so that the caller can alternate it with mlet_jax's steps in one run while
 blocking read:
 
 * ``{"cmd": "dlrm", "batch": B, "steps": n}``: ``n`` train steps cycling through the batches of size B (the first
-  call per B also runs 3 untimed warm-up steps, and every call first runs ``"warmup"`` untimed steps, default 0);
-  answers ``{"times": [seconds per step]}``.
+  call per B also runs 3 untimed warm-up steps, and every call first runs untimed steps: at least ``"warmup"``
+  (default 0) and for at least ``"warmup_s"`` seconds (default 0)); answers ``{"times": [seconds per step]}``.
 * ``{"cmd": "emb", "batch": B, "steps": n}``: the embedding part alone: FBGEMM's CPU
   ``SplitTableBatchedEmbeddingBagsCodegen`` (26 tables, sum pooling of one id per bag, EXACT_SGD lr 0.2 fused into
   the backward) forward on the batch's ids, then backward with the fixed upstream gradient ``grad_B``.
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
     warm = set()
 
-    def run(kind, b, steps, warmup=0):
+    def run(kind, b, steps, warmup=0, warmup_s=0.0):
         batches, g = data[b]
         call = ((lambda i: dlrm_step(*batches[i % len(batches)][:3])) if kind == "dlrm" else
                 (lambda i: emb_step(*batches[i % len(batches)][3:], g)))
@@ -109,12 +109,14 @@ def main(argv=None) -> int:
             for i in range(3):
                 call(i)
             warm.add((kind, b))
-        for i in range(warmup):  # untimed, as the mlet_jax segments' first steps
+        t_end, i = time.perf_counter() + warmup_s, 0
+        while i < warmup or time.perf_counter() < t_end:  # untimed, as the mlet_jax segments' first steps
             call(i)
+            i += 1
         times = []
-        for i in range(steps):
+        for j in range(i, i + steps):
             t0 = time.perf_counter()
-            call(warmup + i)
+            call(j)
             times.append(time.perf_counter() - t0)
         return times
 
@@ -137,7 +139,8 @@ def main(argv=None) -> int:
         if cmd["cmd"] == "quit":
             break
         if cmd["cmd"] in ("dlrm", "emb"):
-            reply({"times": run(cmd["cmd"], int(cmd["batch"]), int(cmd["steps"]), int(cmd.get("warmup", 0)))})
+            reply({"times": run(cmd["cmd"], int(cmd["batch"]), int(cmd["steps"]), int(cmd.get("warmup", 0)),
+                                float(cmd.get("warmup_s", 0.0)))})
         elif cmd["cmd"] == "ceil":
             reply({"torch_matmul_2048_gflops": gflops(2048, 2048, 2048),
                    "torch_matmul_mlp_gflops": gflops(int(cmd.get("m", 4096)), 512, 256)})
