@@ -328,32 +328,12 @@ def body_value_and_grad(model, loss_fn: Callable, rest: Mapping, features, batch
         return loss_fn(logits, batch_c)
 
     vg = jax.value_and_grad(one, argnums=(0, 1))
-    if chunk is None or chunk >= n_b:
-        loss, (g_rest, g_feats) = vg(rest, features, per_sample, None)
-        return loss, g_rest, g_feats
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1 samples, got {chunk}")
-    n_full, tail = divmod(n_b, chunk)
 
-    def part(lo, n, shape):
-        return jax.tree_util.tree_map(lambda x: x[lo:lo + n].reshape(*shape, *x.shape[1:]), (features, per_sample))
+    def f(xs_c, i):
+        loss, (g_rest, g_feats) = vg(rest, *xs_c, i)
+        return (loss, g_rest), g_feats
 
-    def scan_body(carry, xs):
-        (feats_c, batch_c), i = xs
-        loss, (g_rest, g_feats) = vg(rest, feats_c, batch_c, i)
-        return jax.tree_util.tree_map(jnp.add, carry, (loss, g_rest)), g_feats
-
-    xs = part(0, n_full * chunk, (n_full, chunk))
-    loss_shape, (g_rest_shape, _) = jax.eval_shape(vg, rest, *part(0, chunk, (chunk,)), jnp.int32(0))
-    zero = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), (loss_shape, g_rest_shape))
-    (loss, g_rest), g_feats = jax.lax.scan(scan_body, zero, (xs, jnp.arange(n_full, dtype=jnp.int32)))
-    g_feats = jax.tree_util.tree_map(lambda g: g.reshape(-1, *g.shape[2:]), g_feats)
-    if tail:
-        feats_t, batch_t = part(n_full * chunk, tail, (tail,))
-        loss_t, (g_rest_t, g_feats_t) = vg(rest, feats_t, batch_t, jnp.int32(n_full))
-        loss = loss + loss_t
-        g_rest = jax.tree_util.tree_map(jnp.add, g_rest, g_rest_t)
-        g_feats = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), g_feats, g_feats_t)
+    (loss, g_rest), g_feats = _over_chunks(f, (features, per_sample), n_b, chunk)
     return loss, g_rest, g_feats
 
 
@@ -383,29 +363,40 @@ def lookup_body_value_and_grad(model, loss_fn: Callable, rest: Mapping, rows: Ma
         return loss_fn(logits, batch_c)
 
     vg = jax.value_and_grad(one, argnums=(0, 1))
+    (loss, (g_rest, g_rows)), _ = _over_chunks(lambda xs_c, i: (vg(rest, rows, xs_c, i), None),
+                                               (ref_BxS, per_sample), n_b, chunk)
+    return loss, g_rest, g_rows
+
+
+def _over_chunks(f: Callable, sliced, n_b: int, chunk: int | None):
+    """``(summed, stacked)`` of ``f(sliced_c, i) -> (summed_c, stacked_c)`` over chunks of ``chunk`` samples of
+    ``sliced`` (a pytree of ``[n_b, ...]`` arrays): a ``lax.scan`` over the ``n_b // chunk`` whole chunks, then one
+    call on the ``n_b % chunk`` samples left (if any). ``summed`` adds the chunks' ``summed_c``; ``stacked`` joins
+    their per-sample ``stacked_c`` back into ``[n_b, ...]`` (``None`` for none). ``i`` is the chunk's index (an
+    int32 scalar); ``chunk`` ``None`` or ``>= n_b``: ``f(sliced, None)``, one pass."""
     if chunk is None or chunk >= n_b:
-        loss, (g_rest, g_rows) = vg(rest, rows, (ref_BxS, per_sample), None)
-        return loss, g_rest, g_rows
+        return f(sliced, None)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 samples, got {chunk}")
     n_full, tail = divmod(n_b, chunk)
 
     def part(lo, n, shape):
-        return jax.tree_util.tree_map(lambda x: x[lo:lo + n].reshape(*shape, *x.shape[1:]), (ref_BxS, per_sample))
+        return jax.tree_util.tree_map(lambda x: x[lo:lo + n].reshape(*shape, *x.shape[1:]), sliced)
 
     def scan_body(carry, xs):
-        xs_c, i = xs
-        return jax.tree_util.tree_map(jnp.add, carry, vg(rest, rows, xs_c, i)), None
+        summed_c, stacked_c = f(*xs)
+        return jax.tree_util.tree_map(jnp.add, carry, summed_c), stacked_c
 
-    shapes = jax.eval_shape(vg, rest, rows, part(0, chunk, (chunk,)), jnp.int32(0))
-    zero = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-    (loss, (g_rest, g_rows)), _ = jax.lax.scan(scan_body, zero, (part(0, n_full * chunk, (n_full, chunk)),
-                                                                 jnp.arange(n_full, dtype=jnp.int32)))
+    summed_shape, _ = jax.eval_shape(f, part(0, chunk, (chunk,)), jnp.int32(0))
+    zero = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), summed_shape)
+    summed, stacked = jax.lax.scan(scan_body, zero, (part(0, n_full * chunk, (n_full, chunk)),
+                                                      jnp.arange(n_full, dtype=jnp.int32)))
+    stacked = jax.tree_util.tree_map(lambda g: g.reshape(-1, *g.shape[2:]), stacked)
     if tail:
-        loss_t, grads_t = vg(rest, rows, part(n_full * chunk, tail, (tail,)), jnp.int32(n_full))
-        loss = loss + loss_t
-        g_rest, g_rows = jax.tree_util.tree_map(jnp.add, (g_rest, g_rows), grads_t)
-    return loss, g_rest, g_rows
+        summed_t, stacked_t = f(part(n_full * chunk, tail, (tail,)), jnp.int32(n_full))
+        summed = jax.tree_util.tree_map(jnp.add, summed, summed_t)
+        stacked = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), stacked, stacked_t)
+    return summed, stacked
 
 
 def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, scratch_N: jax.Array | None = None,
