@@ -82,22 +82,34 @@ def mlp_step(params, dense, inter, label):
     return jax.tree_util.tree_map(lambda p, d: p - 0.2 * d, params, g)
 
 
-def matmul_gflops(repeats: int = 5, n: int = 2048) -> dict:
-    """fp32 ``n^3`` matmul GFLOP/s of numpy (its BLAS) and of ``jnp.dot`` under ``jax.jit`` (XLA CPU): the fastest
-    a dense layer can run here; ``matmul_gflops`` is the better of the two."""
-    import jax
-    import jax.numpy as jnp
+def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 ``n^3`` matmul GFLOP/s of numpy (its BLAS), best of ``repeats``."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), np.float32)
-    out = {f"numpy_matmul_{n}_gflops": 2.0 * n**3 / _best(lambda: np.matmul(a, b, out=c), repeats) / 1e9}
+    return 2.0 * n**3 / _best(lambda: np.matmul(a, b, out=c), repeats) / 1e9
+
+
+def jax_matmul_gflops(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """fp32 ``[m, k] x [k, n]`` GFLOP/s of ``jnp.dot`` under ``jax.jit`` (XLA CPU), best of ``repeats``."""
+    import jax
+    import jax.numpy as jnp
+
     dot = jax.jit(jnp.dot)
-    x, w = jnp.asarray(a), jnp.asarray(b)
-    out[f"jax_matmul_{n}_gflops"] = 2.0 * n**3 / _best(lambda: dot(x, w).block_until_ready(), repeats) / 1e9
-    out["matmul_gflops"] = max(out[f"numpy_matmul_{n}_gflops"], out[f"jax_matmul_{n}_gflops"])
+    x = jax.random.normal(jax.random.key(0), (m, k))
+    w = jax.random.normal(jax.random.key(1), (k, n))
+    return 2.0 * m * k * n / _best(lambda: dot(x, w).block_until_ready(), repeats) / 1e9
+
+
+def matmul_gflops(repeats: int = 5, n: int = 2048) -> dict:
+    """fp32 ``n^3`` matmul GFLOP/s of numpy and of ``jnp.dot``: the fastest a dense layer can run here;
+    ``matmul_gflops`` is the better of the two."""
+    out = {f"numpy_matmul_{n}_gflops": numpy_matmul_gflops(n, repeats),
+           f"jax_matmul_{n}_gflops": jax_matmul_gflops(n, n, n, repeats)}
+    out["matmul_gflops"] = max(out.values())
     return out
 
 
@@ -106,13 +118,8 @@ def measure_jax(batch: int = 4096, repeats: int = 5) -> dict:
     import jax
     import jax.numpy as jnp
 
-    out = {}
-    dot = jax.jit(jnp.dot)
-    for name, (m, k, n) in {"2048": (2048, 2048, 2048), "mlp": (batch, 512, 256)}.items():
-        x = jax.random.normal(jax.random.key(0), (m, k))
-        w = jax.random.normal(jax.random.key(1), (k, n))
-        out[f"jax_matmul_{name}_gflops"] = 2.0 * m * k * n / _best(lambda x=x, w=w: dot(x, w).block_until_ready(),
-                                                                   repeats) / 1e9
+    out = {f"jax_matmul_{name}_gflops": jax_matmul_gflops(m, k, n, repeats)
+           for name, (m, k, n) in {"2048": (2048, 2048, 2048), "mlp": (batch, 512, 256)}.items()}
     params = mlp_params(jax.random.key(2))
     dense = jax.random.uniform(jax.random.key(3), (batch, 13))
     inter = jax.random.normal(jax.random.key(4), (batch, 351))
@@ -140,12 +147,7 @@ def measure(batch: int = 4096, repeats: int = 5, copy_mib: int = 256, gather_n: 
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     rng = np.random.default_rng(0)
-    out = {}
-    n = 2048
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), np.float32)
-    out["numpy_matmul_2048_gflops"] = 2.0 * n**3 / _best(lambda: np.matmul(a, b, out=c), repeats) / 1e9
+    out = {"numpy_matmul_2048_gflops": numpy_matmul_gflops(2048, repeats)}
     out.update(measure_jax(batch, repeats))
 
     src = np.ones(copy_mib << 18, np.float32)

@@ -321,13 +321,9 @@ def body_value_and_grad(model, loss_fn: Callable, rest: Mapping, features, batch
     n_b = features.emb_BxFxD.shape[0]
     per_sample = _per_sample(batch, n_b)
 
-    def one(rest_p, feats_c, batch_c, i):  # i: the chunk's index, None for one pass
-        rngs_c = rngs if rngs is None or i is None else {k: jax.random.fold_in(r, i) for k, r in rngs.items()}
-        logits = model.apply({"params": traverse_util.unflatten_dict(rest_p)}, feats_c, batch_c["dense"],
-                             train=train, rngs=rngs_c, method="body")
-        return loss_fn(logits, batch_c)
-
-    vg = jax.value_and_grad(one, argnums=(0, 1))
+    body_loss = _body_loss(model, loss_fn, rngs, train)
+    vg = jax.value_and_grad(lambda rest_p, feats_c, batch_c, i: body_loss(
+        traverse_util.unflatten_dict(rest_p), feats_c, batch_c, i), argnums=(0, 1))
 
     def f(xs_c, i):
         loss, (g_rest, g_feats) = vg(rest, *xs_c, i)
@@ -354,18 +350,29 @@ def lookup_body_value_and_grad(model, loss_fn: Callable, rest: Mapping, rows: Ma
     n_b = ref_BxS.shape[0]
     per_sample = _per_sample(batch, n_b)
 
+    body_loss = _body_loss(model, loss_fn, rngs, train)
+
     def one(rest_p, rows_p, xs_c, i):  # i: the chunk's index, None for one pass
         ref_c, batch_c = xs_c
         p = traverse_util.unflatten_dict(rest_p)
-        features = stage.lookup_projected(p, rows_p, ref_c, batch_c["dense"])
-        rngs_c = rngs if rngs is None or i is None else {k: jax.random.fold_in(r, i) for k, r in rngs.items()}
-        logits = model.apply({"params": p}, features, batch_c["dense"], train=train, rngs=rngs_c, method="body")
-        return loss_fn(logits, batch_c)
+        return body_loss(p, stage.lookup_projected(p, rows_p, ref_c, batch_c["dense"]), batch_c, i)
 
     vg = jax.value_and_grad(one, argnums=(0, 1))
     (loss, (g_rest, g_rows)), _ = _over_chunks(lambda xs_c, i: (vg(rest, rows, xs_c, i), None),
                                                (ref_BxS, per_sample), n_b, chunk)
     return loss, g_rest, g_rows
+
+
+def _body_loss(model, loss_fn: Callable, rngs: Mapping | None, train: bool) -> Callable:
+    """``(params, features_c, batch_c, i) -> loss`` of the model body on a chunk of samples; ``i``: the chunk's
+    index, whose ``fold_in`` draws the chunk's dropout keys (``None``: one pass, the keys as given)."""
+    def loss(params, features_c, batch_c, i):
+        rngs_c = rngs if rngs is None or i is None else {k: jax.random.fold_in(r, i) for k, r in rngs.items()}
+        logits = model.apply({"params": params}, features_c, batch_c["dense"], train=train, rngs=rngs_c,
+                             method="body")
+        return loss_fn(logits, batch_c)
+
+    return loss
 
 
 def _over_chunks(f: Callable, sliced, n_b: int, chunk: int | None):
