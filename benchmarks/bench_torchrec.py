@@ -105,7 +105,7 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2, first_ids=None)
     import jax.numpy as jnp
 
     from mlet_jax.optim import OptimizerSpec
-    from mlet_jax.row_sparse import CompactRows, RowSparse, compact_rows, dedup_rows
+    from mlet_jax.row_sparse import CompactRows, RowSparse, compact_rows, dedup_rows, spill_plan
 
     n_f = len(vocab)
     offsets = jnp.asarray(np.concatenate([[0], np.cumsum(vocab)[:-1]]), jnp.int32)
@@ -121,27 +121,34 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2, first_ids=None)
 
     def step(table, rs_state, scratch, ids_BxF, grad_BxFxD):
         rows_U, slot_BxF, scratch = dedup_rows(ids_BxF + offsets[None, :], scratch)
+        spilled = None
         if plan is None:
             out, g = grads(table, rows_U, slot_BxF, grad_BxFxD)
             rows = rows_U
         else:
             tile, cap_tiles, may_overflow = plan
-            c = compact_rows(rows_U, slot_BxF, slots, tile, cap_tiles)
-            cap = tile * cap_tiles
             if not may_overflow:
+                c = compact_rows(rows_U, slot_BxF, slots, tile, cap_tiles)
                 out, g = grads(table, c.rows_C, c.ref_BxS, grad_BxFxD)
                 rows = c.rows_C
-            else:  # as the library's step: both branches padded to whole chunks of `cap` rows
-                n_pad = -(-rows_U.size // cap) * cap
+            else:  # as the library's step: the first `cap` rows, then the spill chunks the batch fills
+                spill_tiles, n_spill = spill_plan(vocab, slots, batch, tile, cap_tiles)
+                c = compact_rows(rows_U, slot_BxF, slots, tile, cap_tiles + n_spill * spill_tiles)
+                cap, spill = tile * cap_tiles, tile * spill_tiles
+                n_used = jnp.clip(-(-(c.n_tiles - cap_tiles) // spill_tiles), 0, n_spill)
+                full = jnp.zeros((c.rows_C.size, dim), table.dtype).at[:cap].set(
+                    table.at[c.rows_C[:cap]].get(mode="promise_in_bounds"))
+                full = jax.lax.fori_loop(0, n_used, lambda i, f: jax.lax.dynamic_update_slice_in_dim(
+                    f, table.at[jax.lax.dynamic_slice_in_dim(c.rows_C, cap + i * spill, spill)].get(
+                        mode="promise_in_bounds"), cap + i * spill, 0), full)
+                out = full.at[c.ref_BxS].get(mode="promise_in_bounds")
+                g_full = jnp.zeros_like(full).at[c.ref_BxS].add(grad_BxFxD)
+                g = g_full[:cap]
+                rows = CompactRows(c.rows_C, cap, spill, n_used)
 
-                def padded(r, ref):
-                    out, g = grads(table, r, ref, grad_BxFxD)
-                    return out, jnp.pad(g, ((0, n_pad - r.size), (0, 0))), jnp.pad(r, (0, n_pad - r.size))
-
-                out, g, r = jax.lax.cond(c.fits, lambda _: padded(c.rows_C, c.ref_BxS),
-                                         lambda _: padded(rows_U, slot_BxF), None)
-                rows = CompactRows(r, c.fits, cap)
-        table, rs_state = rs.update(table, rs_state, rows, g)
+                def spilled(i):
+                    return jax.lax.dynamic_slice_in_dim(g_full, cap + i * spill, spill)
+        table, rs_state = rs.update(table, rs_state, rows, g, spilled)
         return table, rs_state, scratch, out
 
     def init(seed: int = 0):

@@ -14,7 +14,8 @@ update of :mod:`mlet_jax.row_sparse` are the very same code). What differs betwe
   std, which is exactly ``std * normal`` as the single-run init computes it).
 
 Every run sees the same batches (``data_seed`` fixes their order), so the row-sparse dedup scratch is shared: the
-batch's distinct rows are found once per step, not once per run, and the compact/fallback choice stays one branch.
+batch's distinct rows are found once per step, not once per run, and the spill chunks a batch fills are one count
+for all runs.
 Each run equals its own sequential run (``Trainer`` + ``train_step`` with the same settings, on the same batches)
 within 1e-6 in float32 and 1e-12 in float64 (``tests/test_multirun.py``). :func:`run_many` is the multi-run
 :func:`mlet_jax.train.run`: one record per run, with the single-run record's fields. BENCHMARKS.md ("Many runs in one

@@ -5,8 +5,10 @@ One step (:func:`value_and_grad` then :meth:`RowSparse.update` per table):
 1. :func:`dedup_rows`: the batch's fused row ids ``[B, S]`` become ``U = B S`` slots, slot-major (slot ``s B + b``
    holds the row of occurrence ``(b, s)``), and every occurrence points at one slot holding its row;
 2. :func:`compact_rows`: the slots that hold a row's first occurrence are packed, grouped by field, into a fixed
-   capacity of ``C`` rows (:data:`COMPACT_FRACTION` of the slots); a batch with more distinct rows than that falls
-   back to the slots themselves (a ``lax.cond``, both branches compiled once);
+   capacity of ``C`` rows (:data:`COMPACT_FRACTION` of the slots, or a little more than the first batch's distinct
+   rows); a batch with more distinct rows than that packs the rest into spill chunks after them
+   (:func:`spill_plan`), which loops with a dynamic trip count gather, project and update (none for a batch that
+   fits: no ``lax.cond`` and no array padded to the slots, whose copies cost a tenth of an MLET step);
 3. each table's distinct rows are gathered (``[C, width]``) once, each row projected once with its field's
    projection (MLET), and every occurrence is looked up d-wide from them
    (:meth:`mlet_jax.embeddings.EmbeddingStage.lookup_slots`); the model body runs on the features, and
@@ -50,12 +52,17 @@ SCATTER_DEDUP_MAX_ROWS = 1 << 23
 
 # Distinct rows the compact step holds, as a fraction of the batch's B S slots (tile padding included). A Criteo-shaped
 # batch of 1024 has ~23% distinct rows of its 26,624 slots, the synthetic default ~32% of 8,192; a batch with more
-# falls back (exactly) to the per-slot step, so the capacity only decides speed. Only used when it is smaller than
-# the slots and than the most distinct rows the vocabularies allow; 0 turns compaction off (the per-slot step).
+# spills the rest into chunks after the capacity (exactly), so the capacity only decides speed. Only used when it is
+# smaller than the slots and than the most distinct rows the vocabularies allow; 0 turns compaction off (the per-slot
+# step).
 COMPACT_FRACTION = 0.5
 # MLET projects distinct rows in tiles of this many rows (at most B / 8), each tile of one field: a field wastes less
 # than a tile of padding, and a tile's projection is one [tile, k] x [k, d] matmul.
 COMPACT_TILE = 64
+# A batch with more distinct rows than the compact capacity C gathers, projects and updates the rest in spill chunks
+# of C / SPILL_CHUNKS rows, in loops whose trip count is the chunks it fills (0 for a batch that fits): an
+# overflowing batch costs about its extra rows, and a fitting one nothing (no lax.cond, no padding to the slots).
+SPILL_CHUNKS = 8
 
 
 class RowSparseState(NamedTuple):
@@ -117,28 +124,30 @@ class RowSparse:
         table = table * self._decay(state.count - state.last, table.dtype)
         return table, state._replace(last=jnp.full_like(state.last, state.count))
 
-    def update(self, table: jax.Array, state: RowSparseState, rows_U, grad_UxW: jax.Array):
+    def update(self, table: jax.Array, state: RowSparseState, rows_U, grad_UxW: jax.Array,
+               spilled: Callable | None = None):
         """Return the updated ``(table, state)``.
 
-        ``rows_U`` is an int array of table rows or a :class:`CompactRows`: then its rows are updated ``capacity``
-        at a time, only the first ``capacity`` when the batch fit (a loop with a dynamic trip count updates the
-        table in place; a ``lax.cond`` around the update made XLA copy the whole table and accumulator). Splitting
-        is exact because a row's repeats carry zero gradient, and a zero gradient moves neither the row nor its
-        accumulator.
+        ``rows_U`` is an int array of table rows, or a :class:`CompactRows` whose first ``capacity`` rows take
+        ``grad_UxW`` (``[capacity, W]``) and whose ``n_spill`` spill chunks (``spill`` rows each) take
+        ``spilled(i)`` (``[spill, W]``, the gradient of spill chunk ``i``: :meth:`SparseGrads.spilled_rows`), in a
+        loop with a dynamic trip count that updates the table in place (a ``lax.cond`` around the update made XLA
+        copy the whole table and accumulator). Splitting is exact because a row's repeats carry zero gradient, and
+        a zero gradient moves neither the row nor its accumulator.
         """
         count = state.count + 1
         if not isinstance(rows_U, CompactRows):
             table, acc, last = self._apply(table, state.sum, state.last, count, rows_U, grad_UxW)
             return table, RowSparseState(count, acc, last)
         c = rows_U.capacity
+        carry = self._apply(table, state.sum, state.last, count, rows_U.rows[:c], grad_UxW)
+        if spilled is not None:
+            def chunk(i, carry):
+                r_R = jax.lax.dynamic_slice_in_dim(rows_U.rows, c + i * rows_U.spill, rows_U.spill)
+                return self._apply(*carry, count, r_R, spilled(i))
 
-        def chunk(i, carry):
-            r_C = jax.lax.dynamic_slice_in_dim(rows_U.rows, i * c, c)
-            g_CxW = jax.lax.dynamic_slice_in_dim(grad_UxW, i * c, c)
-            return self._apply(*carry, count, r_C, g_CxW)
-
-        n_chunks = jnp.where(rows_U.fits, 1, rows_U.rows.shape[0] // c)
-        table, acc, last = jax.lax.fori_loop(0, n_chunks, chunk, (table, state.sum, state.last))
+            carry = jax.lax.fori_loop(0, rows_U.n_spill, chunk, carry)
+        table, acc, last = carry
         return table, RowSparseState(count, acc, last)
 
     def _apply(self, table, acc, last, count, rows_U, grad_UxW):
@@ -193,13 +202,14 @@ def dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):
 
 
 class CompactRows(NamedTuple):
-    """Table rows of a step that may have fallen back: ``rows[:capacity]`` hold the distinct rows (padding: row 0
-    with a zero gradient) when ``fits``; otherwise ``rows`` are the batch's slots (:func:`dedup_rows`), padded with
-    row 0 to a multiple of ``capacity``."""
+    """Table rows of a compact step: ``rows[:capacity]`` hold the batch's first distinct rows, and the
+    ``n_spill`` spill chunks of ``spill`` rows after them hold the rest of a batch that has more (padding: row 0
+    with a zero gradient); ``n_spill`` is 0 for a batch that fits the capacity."""
 
     rows: jax.Array
-    fits: jax.Array
     capacity: int
+    spill: int
+    n_spill: jax.Array
 
 
 class Compact(NamedTuple):
@@ -209,11 +219,19 @@ class Compact(NamedTuple):
     ref_BxS: jax.Array       # [B, S] packed row of each occurrence (-1 for padding)
     tile_field_T: jax.Array  # [C / tile] field of each tile of packed rows
     fits: jax.Array          # whether every distinct row fit (else rows_C and ref_BxS are incomplete)
+    n_tiles: jax.Array       # tiles the batch's distinct rows fill (more than C / tile when they do not fit)
 
 
 def compact_tile(n_batch: int, tiled: bool) -> int:
     """Rows per tile of the compact step for a batch of ``n_batch`` (1 unless MLET projects tiles)."""
     return max(1, min(COMPACT_TILE, n_batch // 8)) if tiled else 1
+
+
+def _most_tiles(vocab_sizes, slots, n_batch: int, tile: int) -> int:
+    """The most tiles a ``[n_batch, S]`` batch's distinct rows can fill: field ``f`` has at most
+    ``min(vocab_f, n_batch slots_f)`` distinct rows, in tiles of its own."""
+    most_F = np.minimum(np.asarray(vocab_sizes, np.int64), n_batch * np.asarray(slots, np.int64))
+    return int((-(-most_F // tile)).sum())
 
 
 def compact_plan(vocab_sizes, slots, n_batch: int, tiled: bool,
@@ -222,18 +240,27 @@ def compact_plan(vocab_sizes, slots, n_batch: int, tiled: bool,
     the capacity would not be smaller than the batch's slots. The capacity is :data:`COMPACT_FRACTION` of the slots,
     or ``capacity_tiles`` when given and smaller (:func:`batch_tiles` of a typical batch with some headroom), and
     at most the tiles the vocabularies can fill (field ``f`` has at most ``min(vocab_f, n_batch slots_f)`` distinct
-    rows); at that bound no batch can overflow it."""
+    rows); at that bound no batch can overflow it (a batch that does overflow it spills, :func:`spill_plan`)."""
     if COMPACT_FRACTION <= 0:
         return None
     slots = tuple(slots) if slots is not None else (1,) * len(vocab_sizes)
     n_slots = n_batch * sum(slots)
     tile = compact_tile(n_batch, tiled)
-    most_F = np.minimum(np.asarray(vocab_sizes, np.int64), n_batch * np.asarray(slots, np.int64))
-    bound = int((-(-most_F // tile)).sum())
+    bound = _most_tiles(vocab_sizes, slots, n_batch, tile)
     capacity = min(bound, -(-int(COMPACT_FRACTION * n_slots) // tile))
     if capacity_tiles is not None:
         capacity = max(1, min(capacity, int(capacity_tiles)))
     return None if capacity * tile >= n_slots else (tile, capacity, capacity < bound)
+
+
+def spill_plan(vocab_sizes, slots, n_batch: int, tile: int, capacity_tiles: int) -> tuple[int, int]:
+    """``(spill_tiles, n_spill)``: a batch with more distinct rows than the compact step's capacity handles the rest
+    in up to ``n_spill`` spill chunks of ``spill_tiles`` tiles each (1 / :data:`SPILL_CHUNKS` of the capacity),
+    enough for the most rows the vocabularies allow."""
+    slots = tuple(slots) if slots is not None else (1,) * len(vocab_sizes)
+    spill_tiles = max(1, -(-capacity_tiles // SPILL_CHUNKS))
+    over = max(0, _most_tiles(vocab_sizes, slots, n_batch, tile) - capacity_tiles)
+    return spill_tiles, -(-over // spill_tiles)
 
 
 def batch_tiles(rows_BxS, table_sizes, tile: int) -> int:
@@ -277,7 +304,8 @@ def compact_rows(rows_U: jax.Array, slot_BxS: jax.Array, slots, tile: int, capac
     rows_C = jnp.zeros((cap,), rows_U.dtype).at[pos_U].set(rows_U, mode="drop")
     ref_BxS = jnp.where(slot_BxS >= 0, pos_U.at[jnp.maximum(slot_BxS, 0)].get(mode="promise_in_bounds"), -1)
     tile_field_T = jnp.minimum(jnp.searchsorted(tile_end_F, jnp.arange(capacity_tiles), side="right"), n_f - 1)
-    return Compact(rows_C, ref_BxS, tile_field_T.astype(jnp.int32), tile_end_F[-1] <= capacity_tiles)
+    return Compact(rows_C, ref_BxS, tile_field_T.astype(jnp.int32), tile_end_F[-1] <= capacity_tiles,
+                   tile_end_F[-1])
 
 
 def split_tables(params: Mapping, table_paths) -> tuple[dict[Path, jax.Array], dict[Path, jax.Array]]:
@@ -294,9 +322,36 @@ class SparseGrads(NamedTuple):
     """What :func:`value_and_grad` returns besides the loss."""
 
     rest: dict          # flat {path: gradient} of every non-table parameter
-    rows: dict          # {table path: [R, width] gradient of the gathered rows}
+    rows: dict          # {table path: [R, width] gradient of the gathered rows (a CompactRows' first capacity)}
     rows_U: Any         # the table row of each gathered row: [R] ints or a CompactRows (RowSparse.update takes both)
     scratch_N: Any      # the updated dedup scratch (or None)
+    spilled: Callable | None = None  # i -> {table path: [spill, width] gradient of spill chunk i}, or None
+    tables: dict | None = None  # {table path: table} to update (the step's last reads of them done), or None: params'
+
+    def spilled_rows(self, path) -> Callable | None:
+        """``i -> [spill, width]``: table ``path``'s gradient of spill chunk ``i`` (:meth:`RowSparse.update`'s
+        ``spilled``), or ``None`` without spill chunks."""
+        return None if self.spilled is None else (lambda i: self.spilled(i)[path])
+
+    def rows_sq_norm(self) -> jax.Array:
+        """The squared norm of every table row gradient, spill chunks included."""
+        sq = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in self.rows.values())
+        if self.spilled is None:
+            return jnp.asarray(sq, jnp.float32)
+        return jax.lax.fori_loop(0, self.rows_U.n_spill, lambda i, a: a + sum(
+            jnp.sum(jnp.square(g.astype(jnp.float32))) for g in self.spilled(i).values()), jnp.asarray(sq, jnp.float32))
+
+    def table_grads(self, tables: Mapping) -> dict:
+        """``{path: table-shaped gradient}``: every row gradient summed into its table's shape (for checks)."""
+        rows = self.rows_U.rows if isinstance(self.rows_U, CompactRows) else self.rows_U
+        n = self.rows_U.capacity if isinstance(self.rows_U, CompactRows) else rows.shape[0]
+        full = {p: jnp.zeros_like(t).at[rows[:n]].add(self.rows[p]) for p, t in tables.items()}
+        if self.spilled is None:
+            return full
+        c, r = self.rows_U.capacity, self.rows_U.spill
+        return jax.lax.fori_loop(0, self.rows_U.n_spill, lambda i, f: {
+            p: f[p].at[jax.lax.dynamic_slice_in_dim(rows, c + i * r, r)].add(g) for p, g in self.spilled(i).items()},
+            full)
 
 
 def _per_sample(batch: Mapping, n_b: int) -> dict:
@@ -424,8 +479,8 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
             compaction, the gather, the MLET projection, the occurrences' lookup and the row updates still run once
             for the whole batch. ``None``: one pass.
         capacity_tiles: the compact step's capacity in tiles (:func:`compact_plan`); ``None``:
-            :data:`COMPACT_FRACTION` of the slots. Any capacity is exact (a batch that does not fit takes the
-            per-slot step); it only decides speed.
+            :data:`COMPACT_FRACTION` of the slots. Any capacity is exact (a batch with more distinct rows
+            spills the rest into chunks after it, :func:`spill_plan`); it only decides speed.
     """
     stage = model.embedding_stage()
     ids_BxS = jnp.asarray(batch["ids"])
@@ -462,25 +517,76 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
         loss, g_rest, g_rows = grads(rows_U, slot_BxS, None)
         return loss, SparseGrads(g_rest, g_rows, rows_U, scratch_N)
     tile, capacity_tiles, may_overflow = plan
-    c = compact_rows(rows_U, slot_BxS, slots, tile, capacity_tiles)
-    cap = tile * capacity_tiles
-    if not may_overflow:
-        loss, g_rest, g_rows = grads(c.rows_C, c.ref_BxS, c.tile_field_T)  # the vocabularies cannot overflow it
+    if not may_overflow:  # the vocabularies cannot overflow the capacity
+        c = compact_rows(rows_U, slot_BxS, slots, tile, capacity_tiles)
+        loss, g_rest, g_rows = grads(c.rows_C, c.ref_BxS, c.tile_field_T)
         return loss, SparseGrads(g_rest, g_rows, c.rows_C, scratch_N)
 
-    # Both branches return the slots' shapes padded to whole chunks of `cap` rows (row 0 with a zero gradient);
-    # RowSparse.update reads only the first chunk when the batch fit.
-    n_pad = -(-rows_U.size // cap) * cap
+    spill_tiles, n_spill = spill_plan(stage.table_sizes, slots, ids_BxS.shape[0], tile, capacity_tiles)
+    c = compact_rows(rows_U, slot_BxS, slots, tile, capacity_tiles + n_spill * spill_tiles)
+    loss, g = _spilling_value_and_grad(model, loss_fn, tables, rest, c, batch, tile, capacity_tiles, spill_tiles,
+                                       n_spill, chunk, rngs, train)
+    return loss, g._replace(scratch_N=scratch_N)
 
-    def padded(loss, g_rest, g_rows, rows_G):
-        pad = n_pad - rows_G.size
-        return loss, g_rest, {p: jnp.pad(g, ((0, pad), (0, 0))) for p, g in g_rows.items()}, jnp.pad(rows_G, (0, pad))
 
-    def compact(_):
-        return padded(*grads(c.rows_C, c.ref_BxS, c.tile_field_T), c.rows_C)
+def _spilling_value_and_grad(model, loss_fn, tables, rest, c: Compact, batch, tile: int, capacity_tiles: int,
+                             spill_tiles: int, n_spill: int, chunk, rngs, train):
+    """:func:`value_and_grad`'s compact step for a capacity a batch may overflow: ``c`` packs all of the batch's
+    distinct rows (:func:`compact_rows` with room for ``n_spill`` spill chunks after the capacity). The first
+    ``capacity`` rows are gathered, projected and differentiated as ever; the spill chunks the batch fills (none
+    when it fits) are gathered and projected in a loop, their projections' gradient summed in a second, and their
+    row gradients left to :meth:`RowSparse.update` (``SparseGrads.spilled``: the transposed projection of their
+    d-wide gradient, computed where the table is updated), so no k-wide array larger than the capacity exists."""
+    stage = model.embedding_stage()
+    cap, spill = capacity_tiles * tile, spill_tiles * tile
+    n_used = jnp.clip(-(-(c.n_tiles - capacity_tiles) // spill_tiles), 0, n_spill)
 
-    def per_slot(_):
-        return padded(*grads(rows_U, slot_BxS, None), rows_U)
+    def part(i):  # the table rows and tile fields of spill chunk i
+        return (jax.lax.dynamic_slice_in_dim(c.rows_C, cap + i * spill, spill),
+                jax.lax.dynamic_slice_in_dim(c.tile_field_T, capacity_tiles + i * spill_tiles, spill_tiles))
 
-    loss, g_rest, g_rows, rows = jax.lax.cond(c.fits, compact, per_slot, None)
-    return loss, SparseGrads(g_rest, g_rows, CompactRows(rows, c.fits, cap), scratch_N)
+    def gather(rows):
+        return {p: t.at[rows].get(mode="promise_in_bounds") for p, t in tables.items()}
+
+    def project(rest_p, rows_p, tile_field):
+        return stage.project_rows(traverse_util.unflatten_dict(rest_p), rows_p, c.ref_BxS, tile_field)
+
+    projected, vjp0 = jax.vjp(lambda r, x: project(r, x, c.tile_field_T[:capacity_tiles]), rest,
+                              gather(c.rows_C[:cap]))
+    n_rows = c.rows_C.shape[0]
+    full = {p: jnp.zeros((n_rows, y.shape[1]), y.dtype).at[:cap].set(y) for p, y in projected.items()}
+
+    def forward(i, full):
+        rows_i, tf_i = part(i)
+        return {p: jax.lax.dynamic_update_slice_in_dim(full[p], y, cap + i * spill, 0)
+                for p, y in project(rest, gather(rows_i), tf_i).items()}
+
+    full = jax.lax.fori_loop(0, n_used, forward, full)
+    loss, g_rest, g_full = lookup_body_value_and_grad(model, loss_fn, rest, full, c.ref_BxS, batch, chunk, rngs,
+                                                      train)
+    g_rest_rows, g_rows = vjp0({p: g[:cap] for p, g in g_full.items()})
+    g_rest = jax.tree_util.tree_map(jnp.add, g_rest, g_rest_rows)
+
+    def g_part(i):
+        return {p: jax.lax.dynamic_slice_in_dim(g, cap + i * spill, spill) for p, g in g_full.items()}
+
+    if stage.spec.kind == "mlet":  # the projections' gradient from the spilled rows
+        def backward(i, carry):
+            tabs, acc = carry
+            rows_i, tf_i = part(i)
+            x = {p: t.at[rows_i].get(mode="promise_in_bounds") for p, t in tabs.items()}
+            (g_r,) = jax.vjp(lambda r: project(r, x, tf_i), rest)[1](g_part(i))
+            # Write one row back as read (no change): the loop then owns the tables it reads, and the updates take
+            # them from its result, so none writes a table before the loop has read it. A loop that only reads a
+            # table made XLA copy every table and accumulator to keep those reads valid (~5 ms a step).
+            tabs = {p: t.at[rows_i[:1]].set(x[p][:1], mode="promise_in_bounds") for p, t in tabs.items()}
+            return tabs, jax.tree_util.tree_map(jnp.add, acc, g_r)
+
+        tables, g_rest = jax.lax.fori_loop(0, n_used, backward, (dict(tables), g_rest))
+
+    def spilled(i):  # the rows' gradient of spill chunk i: the projection is linear in the rows
+        _, tf_i = part(i)
+        x0 = {p: jnp.zeros((spill, t.shape[1]), t.dtype) for p, t in tables.items()}
+        return jax.linear_transpose(lambda x: project(rest, x, tf_i), x0)(g_part(i))[0]
+
+    return loss, SparseGrads(g_rest, g_rows, CompactRows(c.rows_C, cap, spill, n_used), None, spilled, tables)

@@ -55,8 +55,11 @@ from mlet_jax.spectra import SpectraCallback
 # batch 4096 ran at ~55% of XLA CPU's large-matmul rate in one pass (BENCHMARKS.md, issue 19); in chunks of 1024
 # their activations stay in cache.
 CHUNK_SAMPLES = 1024
-# TrainConfig.compact_headroom by default: the compact step's capacity is 1.25 times the first batch's distinct rows.
-COMPACT_HEADROOM = 1.25
+# TrainConfig.compact_headroom by default: the compact step's capacity is 1.05 times the first batch's distinct rows.
+# Batches vary little (200 batches of 1024, synthetic default and Criteo-shaped: tiles filled within 1-4% of the
+# first batch's), and one that has more spills the rest into small chunks (row_sparse.spill_plan) at about the cost
+# of its extra rows, so the capacity need not cover the worst batch.
+COMPACT_HEADROOM = 1.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +91,9 @@ class TrainConfig:
         compact_headroom: the row-sparse compact step (:mod:`mlet_jax.row_sparse`) holds this many times the
             distinct rows (in tiles) of the first batch the train step sees of each batch size, instead of a fixed
             :data:`mlet_jax.row_sparse.COMPACT_FRACTION` of the slots (never more than that): less padding gathered,
-            projected and updated. Exact whatever it is: a batch with more distinct rows takes the per-slot step
-            (slower). ``0``: the fixed fraction. Without a mesh only (on a mesh: the fixed fraction).
+            projected and updated. Exact whatever it is: a batch with more distinct rows spills the rest into
+            small chunks after the capacity (:func:`mlet_jax.row_sparse.spill_plan`, about the cost of those rows).
+            ``0``: the fixed fraction. Without a mesh only (on a mesh: the fixed fraction).
     """
 
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -169,9 +173,12 @@ def bce_with_logits(logits, labels, reduction: str = "mean"):
     return losses.mean() if reduction == "mean" else losses.sum()
 
 
+def _sq_norm(tree) -> jax.Array:
+    return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)), jnp.zeros([]))
+
+
 def _global_norm(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)) if leaves else jnp.zeros([])
+    return jnp.sqrt(_sq_norm(tree))
 
 
 def _name(path: tuple[str, ...]) -> str:
@@ -385,10 +392,11 @@ class Trainer:
                                                          rest_tree)
             flat = traverse_util.flatten_dict(optax.apply_updates(rest_tree, updates))
             table_opt = dict(table_opt)
-            for p, t in tables.items():
-                flat[p], table_opt[_name(p)] = rs.update(t, table_opt[_name(p)], g.rows_U, g.rows[p])
+            for p, t in (g.tables or tables).items():
+                flat[p], table_opt[_name(p)] = rs.update(t, table_opt[_name(p)], g.rows_U, g.rows[p],
+                                                         g.spilled_rows(p))
             params, dedup = traverse_util.unflatten_dict(flat), g.scratch_N
-            gnorm = _global_norm((g.rest, g.rows)) if self.config.grad_norm else None
+            gnorm = jnp.sqrt(_sq_norm(g.rest) + g.rows_sq_norm()) if self.config.grad_norm else None
         else:
             loss, grads = self._dense_value_and_grad(state.params, batch, step_rng)
             updates, opt_state = self._dense_tx().update(grads, state.opt_state, state.params)

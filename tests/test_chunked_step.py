@@ -11,7 +11,7 @@ from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.models.deepfm import DeepFM
 from mlet_jax.models.nfm import NFM
 from mlet_jax.optim import OptimizerSpec
-from mlet_jax.training import CHUNK_SAMPLES, TrainConfig, Trainer
+from mlet_jax.training import CHUNK_SAMPLES, COMPACT_HEADROOM, TrainConfig, Trainer
 
 
 def _run(model, config, data):
@@ -132,7 +132,7 @@ def test_compact_capacity_follows_the_first_batch():
     n_f = [len(np.unique(c[c >= 0])) for c in cols]
     for kind, tile in (("single", 1), ("mlet", 4)):
         trainer = Trainer(_model(kind, slots), TrainConfig(optimizer=ADAGRAD))
-        want = int(np.ceil(1.25 * sum(-(-n // tile) for n in n_f)))
+        want = int(np.ceil(COMPACT_HEADROOM * sum(-(-n // tile) for n in n_f)))
         assert trainer.compact_capacity(batch) == want
         assert Trainer(_model(kind, slots), TrainConfig(optimizer=ADAGRAD, compact_headroom=0)).compact_capacity(
             batch) is None
@@ -146,12 +146,12 @@ def test_compact_capacity_follows_the_first_batch():
 
 def test_capacity_from_a_narrow_first_batch_stays_exact():
     # The first batch repeats one id per field, so the capacity is a few rows; every later batch overflows it and
-    # takes the per-slot step. 6 steps must equal the dense path (which has no capacity at all).
+    # spills into chunks. 6 steps must equal the dense path (which has no capacity at all).
     slots = (1, 3, 2, 1)
     data = _batches(6, batch=32, slots=slots, seed=2)
     data[0] = {**data[0], "ids": np.where(data[0]["ids"] >= 0, 0, -1).astype(np.int32)}
     model = _model("mlet", slots)
     trainer = Trainer(model, TrainConfig(optimizer=ADAGRAD))
-    assert trainer.compact_capacity(data[0]) == 5  # ceil(1.25 x 4 fields x 1 tile)
+    assert trainer.compact_capacity(data[0]) == 5  # ceil(1.05 x 4 fields x 1 tile)
     ref = _run(model, TrainConfig(optimizer=ADAGRAD, sparse_tables=False), data)
     _assert_same(_run(model, TrainConfig(optimizer=ADAGRAD), data), ref)

@@ -185,24 +185,31 @@ def test_sort_based_dedup_equals_dense(monkeypatch, request):
 
 
 def _dense_grads(model, batch, scratch=True):
-    """``(loss, rest grads, {table path: table-shaped gradient})`` of the row-sparse step on one batch."""
+    """``(loss, rest grads, {table path: table-shaped gradient}, row kind)`` of the row-sparse step on one batch;
+    row kind: ``"compact"`` (no spill chunks), ``"spill"`` (with spill chunks) or ``"slots"`` (the per-slot step)."""
     import mlet_jax.row_sparse as row_sparse
 
     trainer = Trainer(model, TrainConfig(optimizer=OptimizerSpec("adagrad", 0.05)))
     state = trainer.init(0, batch)
-    loss, g = jax.jit(lambda p, d: row_sparse.value_and_grad(
-        model, lambda lg, b: jnp.mean(lg * b["label"]), p, batch, d))(state.params, state.dedup if scratch else None)
-    rows = g.rows_U.rows if isinstance(g.rows_U, row_sparse.CompactRows) else g.rows_U
-    tables, _ = row_sparse.split_tables(state.params, trainer.table_paths)
-    full = {p: np.asarray(jnp.zeros_like(tables[p]).at[rows].add(g.rows[p])) for p in tables}
-    return float(loss), jax.tree_util.tree_map(np.asarray, g.rest), full, g
+    kind = []
+
+    def grads(p, d):
+        loss, g = row_sparse.value_and_grad(model, lambda lg, b: jnp.mean(lg * b["label"]), p, batch, d)
+        kind.append("slots" if not isinstance(g.rows_U, row_sparse.CompactRows)
+                    else "compact" if g.spilled is None else "spill")
+        return loss, g.rest, g.table_grads(row_sparse.split_tables(p, trainer.table_paths)[0]), (
+            g.rows_U.n_spill if kind[-1] == "spill" else 0)
+
+    loss, rest, full, n_spill = jax.jit(grads)(state.params, state.dedup if scratch else None)
+    return float(loss), jax.tree_util.tree_map(np.asarray, rest), jax.tree_util.tree_map(np.asarray, full), (
+        kind[0], int(n_spill))
 
 
 @pytest.mark.parametrize("kind", ["single", "mlet"])
 @pytest.mark.parametrize("scratch", [True, False], ids=["scatter-dedup", "sort-dedup"])
-def test_compact_rows_equal_per_slot_and_fallback(monkeypatch, kind, scratch):
-    # The same batch three ways: packed distinct rows, packed rows overflowing into the per-slot fallback, and the
-    # per-slot step alone (no compaction). Loss and every gradient (tables as table-shaped sums) must agree.
+def test_compact_rows_equal_per_slot_and_spilled(monkeypatch, kind, scratch):
+    # The same batch three ways: packed distinct rows, packed rows overflowing the capacity into spill chunks, and
+    # the per-slot step alone (no compaction). Loss and every gradient (tables as table-shaped sums) must agree.
     import mlet_jax.row_sparse as row_sparse
 
     slots = (1, 3, 2, 1)
@@ -216,15 +223,17 @@ def test_compact_rows_equal_per_slot_and_fallback(monkeypatch, kind, scratch):
     c = row_sparse.compact_rows(rows_U, slot_BxS, slots, tile, cap_tiles)
     assert bool(c.fits)
     compact = _dense_grads(model, batch, scratch)
-    assert isinstance(compact[3].rows_U, row_sparse.CompactRows)
-    monkeypatch.setattr(row_sparse, "COMPACT_FRACTION", 0.05)  # fewer rows than the batch has: the fallback runs
+    assert compact[3] == ("spill", 0)  # fits: no spill chunk filled
+    monkeypatch.setattr(row_sparse, "COMPACT_FRACTION", 0.05)  # fewer rows than the batch has: it spills
     c = row_sparse.compact_rows(rows_U, slot_BxS, slots, *row_sparse.compact_plan(VOCAB, slots, 32, kind == "mlet")[:2])
     assert not bool(c.fits)
-    fallback = _dense_grads(model, batch, scratch)
+    spilled = _dense_grads(model, batch, scratch)
+    assert spilled[3][0] == "spill" and spilled[3][1] >= 2  # several spill chunks filled
     monkeypatch.setattr(row_sparse, "COMPACT_FRACTION", 0)  # no compaction at all: today's per-slot step
     assert row_sparse.compact_plan(VOCAB, slots, 32, kind == "mlet") is None
     per_slot = _dense_grads(model, batch, scratch)
-    for other in (fallback, per_slot):
+    assert per_slot[3] == ("slots", 0)
+    for other in (spilled, per_slot):
         np.testing.assert_allclose(other[0], compact[0], rtol=1e-6)
         for a, b in zip(jax.tree_util.tree_leaves(other[1:3]), jax.tree_util.tree_leaves(compact[1:3]), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
