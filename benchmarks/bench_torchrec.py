@@ -105,7 +105,7 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2, first_ids=None)
     import jax.numpy as jnp
 
     from mlet_jax.optim import OptimizerSpec
-    from mlet_jax.row_sparse import CompactRows, RowSparse, compact_rows, dedup_rows, spill_plan
+    from mlet_jax.row_sparse import CompactRows, RowSparse, compact_rows, dedup_rows, read_rows, spill_plan
 
     n_f = len(vocab)
     offsets = jnp.asarray(np.concatenate([[0], np.cumsum(vocab)[:-1]]), jnp.int32)
@@ -138,9 +138,13 @@ def embedding_step(vocab, batch: int, dim: int, lr: float = 0.2, first_ids=None)
                 n_used = jnp.clip(-(-(c.n_tiles - cap_tiles) // spill_tiles), 0, n_spill)
                 full = jnp.zeros((c.rows_C.size, dim), table.dtype).at[:cap].set(
                     table.at[c.rows_C[:cap]].get(mode="promise_in_bounds"))
-                full = jax.lax.fori_loop(0, n_used, lambda i, f: jax.lax.dynamic_update_slice_in_dim(
-                    f, table.at[jax.lax.dynamic_slice_in_dim(c.rows_C, cap + i * spill, spill)].get(
-                        mode="promise_in_bounds"), cap + i * spill, 0), full)
+
+                def forward(i, carry):  # as the library's: the loop carries the table it reads (read_rows)
+                    t, f = carry
+                    x, t = read_rows({"t": t}, jax.lax.dynamic_slice_in_dim(c.rows_C, cap + i * spill, spill))
+                    return t["t"], jax.lax.dynamic_update_slice_in_dim(f, x["t"], cap + i * spill, 0)
+
+                table, full = jax.lax.fori_loop(0, n_used, forward, (table, full))
                 out = full.at[c.ref_BxS].get(mode="promise_in_bounds")
                 g_full = jnp.zeros_like(full).at[c.ref_BxS].add(grad_BxFxD)
                 g = g_full[:cap]

@@ -529,6 +529,15 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
     return loss, g._replace(scratch_N=scratch_N)
 
 
+def read_rows(tables: Mapping, rows_R: jax.Array) -> tuple[dict, dict]:
+    """``(rows, tables)``: each table's rows ``rows_R`` gathered, and the tables with their first row written back as
+    read (unchanged values). A loop that reads rows of a table it carries this way owns the table: whatever takes the
+    tables from the loop's result (the row updates) runs after the loop's reads, in place. A loop that only read a
+    table it did not carry made XLA copy every table and accumulator to keep those reads valid (~5 ms a step)."""
+    x = {p: t.at[rows_R].get(mode="promise_in_bounds") for p, t in tables.items()}
+    return x, {p: t.at[rows_R[:1]].set(x[p][:1], mode="promise_in_bounds") for p, t in tables.items()}
+
+
 def _spilling_value_and_grad(model, loss_fn, tables, rest, c: Compact, batch, tile: int, capacity_tiles: int,
                              spill_tiles: int, n_spill: int, chunk, rngs, train):
     """:func:`value_and_grad`'s compact step for a capacity a batch may overflow: ``c`` packs all of the batch's
@@ -536,7 +545,8 @@ def _spilling_value_and_grad(model, loss_fn, tables, rest, c: Compact, batch, ti
     ``capacity`` rows are gathered, projected and differentiated as ever; the spill chunks the batch fills (none
     when it fits) are gathered and projected in a loop, their projections' gradient summed in a second, and their
     row gradients left to :meth:`RowSparse.update` (``SparseGrads.spilled``: the transposed projection of their
-    d-wide gradient, computed where the table is updated), so no k-wide array larger than the capacity exists."""
+    d-wide gradient, computed where the table is updated), so no k-wide array larger than the capacity exists.
+    Both loops carry the tables (:func:`read_rows`), and ``SparseGrads.tables`` hands them on to the updates."""
     stage = model.embedding_stage()
     cap, spill = capacity_tiles * tile, spill_tiles * tile
     n_used = jnp.clip(-(-(c.n_tiles - capacity_tiles) // spill_tiles), 0, n_spill)
@@ -556,12 +566,14 @@ def _spilling_value_and_grad(model, loss_fn, tables, rest, c: Compact, batch, ti
     n_rows = c.rows_C.shape[0]
     full = {p: jnp.zeros((n_rows, y.shape[1]), y.dtype).at[:cap].set(y) for p, y in projected.items()}
 
-    def forward(i, full):
+    def forward(i, carry):
+        tabs, full = carry
         rows_i, tf_i = part(i)
-        return {p: jax.lax.dynamic_update_slice_in_dim(full[p], y, cap + i * spill, 0)
-                for p, y in project(rest, gather(rows_i), tf_i).items()}
+        x, tabs = read_rows(tabs, rows_i)
+        return tabs, {p: jax.lax.dynamic_update_slice_in_dim(full[p], y, cap + i * spill, 0)
+                      for p, y in project(rest, x, tf_i).items()}
 
-    full = jax.lax.fori_loop(0, n_used, forward, full)
+    tables, full = jax.lax.fori_loop(0, n_used, forward, (dict(tables), full))
     loss, g_rest, g_full = lookup_body_value_and_grad(model, loss_fn, rest, full, c.ref_BxS, batch, chunk, rngs,
                                                       train)
     g_rest_rows, g_rows = vjp0({p: g[:cap] for p, g in g_full.items()})
@@ -574,12 +586,8 @@ def _spilling_value_and_grad(model, loss_fn, tables, rest, c: Compact, batch, ti
         def backward(i, carry):
             tabs, acc = carry
             rows_i, tf_i = part(i)
-            x = {p: t.at[rows_i].get(mode="promise_in_bounds") for p, t in tabs.items()}
+            x, tabs = read_rows(tabs, rows_i)
             (g_r,) = jax.vjp(lambda r: project(r, x, tf_i), rest)[1](g_part(i))
-            # Write one row back as read (no change): the loop then owns the tables it reads, and the updates take
-            # them from its result, so none writes a table before the loop has read it. A loop that only reads a
-            # table made XLA copy every table and accumulator to keep those reads valid (~5 ms a step).
-            tabs = {p: t.at[rows_i[:1]].set(x[p][:1], mode="promise_in_bounds") for p, t in tabs.items()}
             return tabs, jax.tree_util.tree_map(jnp.add, acc, g_r)
 
         tables, g_rest = jax.lax.fori_loop(0, n_used, backward, (dict(tables), g_rest))
