@@ -250,7 +250,8 @@ def test_run_many_equals_run():
         want = run(cfg, ds, log_every=5)
         assert got["settings"] == want["settings"] and got["steps"] == want["steps"] == 10
         for k in ("test_auc", "test_logloss", "test_pr_auc", "final_loss", "collapse_max_abs_diff"):
-            assert abs(got[k] - want[k]) <= 1e-6, k
+            # relative for the summed loss (~38): one float32 ulp there is 3.8e-6
+            assert abs(got[k] - want[k]) <= 1e-6 * max(1.0, abs(want[k])), k
         assert got["valid"]["step"] == want["valid"]["step"] == 10
         assert abs(got["valid"]["logloss"] - want["valid"]["logloss"]) <= 1e-6
     with pytest.raises(ValueError, match="differ only in"):
