@@ -129,7 +129,7 @@ class RowSparse:
         """Return the updated ``(table, state)``.
 
         ``rows_U`` is an int array of table rows, or a :class:`CompactRows` whose first ``capacity`` rows take
-        ``grad_UxW`` (``[capacity, W]``) and whose ``n_spill`` spill chunks (``spill`` rows each) take
+        ``grad_UxW`` (``[capacity, W]``) and whose ``n_spilled`` spill chunks (``spill`` rows each) take
         ``spilled(i)`` (``[spill, W]``, the gradient of spill chunk ``i``: :meth:`SparseGrads.spilled_rows`), in a
         loop with a dynamic trip count that updates the table in place (a ``lax.cond`` around the update made XLA
         copy the whole table and accumulator). Splitting is exact because a row's repeats carry zero gradient, and
@@ -146,7 +146,7 @@ class RowSparse:
                 r_R = jax.lax.dynamic_slice_in_dim(rows_U.rows, c + i * rows_U.spill, rows_U.spill)
                 return self._apply(*carry, count, r_R, spilled(i))
 
-            carry = jax.lax.fori_loop(0, rows_U.n_spill, chunk, carry)
+            carry = jax.lax.fori_loop(0, rows_U.n_spilled, chunk, carry)
         table, acc, last = carry
         return table, RowSparseState(count, acc, last)
 
@@ -203,13 +203,14 @@ def dedup_rows(rows_BxS: jax.Array, scratch_N: jax.Array | None = None):
 
 class CompactRows(NamedTuple):
     """Table rows of a compact step: ``rows[:capacity]`` hold the batch's first distinct rows, and the
-    ``n_spill`` spill chunks of ``spill`` rows after them hold the rest of a batch that has more (padding: row 0
-    with a zero gradient); ``n_spill`` is 0 for a batch that fits the capacity."""
+    ``n_spilled`` spill chunks of ``spill`` rows after them hold the rest of a batch that has more (padding: row 0
+    with a zero gradient). ``n_spilled`` counts the chunks this batch fills (0 when it fits the capacity; at most
+    :func:`spill_plan`'s ``n_spill``)."""
 
     rows: jax.Array
     capacity: int
     spill: int
-    n_spill: jax.Array
+    n_spilled: jax.Array
 
 
 class Compact(NamedTuple):
@@ -338,7 +339,7 @@ class SparseGrads(NamedTuple):
         sq = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in self.rows.values())
         if self.spilled is None:
             return jnp.asarray(sq, jnp.float32)
-        return jax.lax.fori_loop(0, self.rows_U.n_spill, lambda i, a: a + sum(
+        return jax.lax.fori_loop(0, self.rows_U.n_spilled, lambda i, a: a + sum(
             jnp.sum(jnp.square(g.astype(jnp.float32))) for g in self.spilled(i).values()), jnp.asarray(sq, jnp.float32))
 
     def table_grads(self, tables: Mapping) -> dict:
@@ -349,7 +350,7 @@ class SparseGrads(NamedTuple):
         if self.spilled is None:
             return full
         c, r = self.rows_U.capacity, self.rows_U.spill
-        return jax.lax.fori_loop(0, self.rows_U.n_spill, lambda i, f: {
+        return jax.lax.fori_loop(0, self.rows_U.n_spilled, lambda i, f: {
             p: f[p].at[jax.lax.dynamic_slice_in_dim(rows, c + i * r, r)].add(g) for p, g in self.spilled(i).items()},
             full)
 

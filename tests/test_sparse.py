@@ -198,7 +198,7 @@ def _dense_grads(model, batch, scratch=True):
         kind.append("slots" if not isinstance(g.rows_U, row_sparse.CompactRows)
                     else "compact" if g.spilled is None else "spill")
         return loss, g.rest, g.table_grads(row_sparse.split_tables(p, trainer.table_paths)[0]), (
-            g.rows_U.n_spill if kind[-1] == "spill" else 0)
+            g.rows_U.n_spilled if kind[-1] == "spill" else 0)
 
     loss, rest, full, n_spill = jax.jit(grads)(state.params, state.dedup if scratch else None)
     return float(loss), jax.tree_util.tree_map(np.asarray, rest), jax.tree_util.tree_map(np.asarray, full), (
