@@ -18,7 +18,13 @@ which makes the two compute the same function; ``--deepctr-l2 default`` keeps De
 Throughput: ``steady`` excludes the first step (JAX compilation; DeepCTR's input packing): DeepCTR-Torch's
 ``(n - batch) / (t_last_step - t_first_step)``, mlet_jax's ``fit`` throughput after the first step. ``epoch``
 throughput is rows over the whole ``fit`` call, compilation and input packing included. The floor columns use the
-compiled step's FLOP count (XLA cost analysis) against the machine's matmul ceiling.
+compiled step's FLOP count (XLA cost analysis) against the machine's matmul ceiling, plus the row floor: each step's
+distinct table rows (the mean over the epoch's first 32 batches) times the four random row accesses a row-sparse
+Adagrad step cannot avoid (gather the row and its accumulator, scatter-add both) at the in-run JAX gather and
+scatter-add rates (``--ceiling-rows`` uniform indices into an 840,543 x 16 table).
+
+mlet_jax runs as the command line trains, re-run once with glibc's malloc tunables (:mod:`mlet_jax.runtime`);
+DeepCTR-Torch's process gets the environment without them, as it would run alone.
 
 Command (the BENCHMARKS.md table; about 25 minutes on the 2-core box)::
 
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -45,6 +52,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench_ceilings
@@ -53,6 +61,7 @@ from benchmarks.common import (
     PEER_BENCH_ENV,
     PEER_DATA_ENV,
     add_external_path,
+    best_of,
     machine,
     require_path,
     step_gflop,
@@ -65,6 +74,7 @@ from mlet_jax.embeddings import EmbeddingSpec
 from mlet_jax.io import atomic_write_text
 from mlet_jax.models import build_model
 from mlet_jax.optim import OptimizerSpec
+from mlet_jax.runtime import reexec_with_tuned_malloc, untuned_env
 from mlet_jax.training import TrainConfig, Trainer, fit
 
 MODEL_NAMES = {"DCN": "dcn", "DeepFM": "deepfm", "AutoInt": "autoint", "xDeepFM": "xdeepfm", "NFM": "nfm",
@@ -101,7 +111,8 @@ def run_deepctr(args, model: str, batch: int) -> dict:
            "--threads", str(args.threads), "--n-train", str(args.n_train), "--n-test", str(args.n_test),
            "--seed", str(args.seed), "--model-kwargs", json.dumps(kwargs),
            "--omp-wait-policy", args.omp_wait_policy]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # DeepCTR-Torch runs as it would alone: without the malloc tunables this process re-ran itself with
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=untuned_env())
     if out.returncode != 0:
         raise RuntimeError(f"bench_deepctr.py failed ({out.returncode}):\n{out.stderr[-3000:]}")
     rec = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
@@ -127,10 +138,11 @@ def run_mlet_jax(args, ds, model: str, batch: int, kind: str) -> dict:
     m, eval_s = timed(trainer.evaluate, state.params, test, batch_size=4096)
     b0 = {"dense": train.dense[:batch], "ids": train.ids[:batch], "label": train.label[:batch]}
     flops = 1e9 * step_gflop(trainer, state, b0)
+    rows = distinct_rows(trainer, train, batch, args.seed)
     steps = len(train) // batch
     return {"lib": "mlet_jax", "jax": jax.__version__, "model": model, "kind": kind,
             "inner_dim": args.inner_dim if kind == "mlet" else None, "n_train": len(train), "n_test": len(test),
-            "batch_size": batch, "embedding_dim": args.dim, "steps": steps,
+            "batch_size": batch, "embedding_dim": args.dim, "steps": steps, "distinct_rows": round(rows, 1),
             "sparse_tables": trainer.config.sparse, "init_s": round(init_s, 3),
             "first_step_s": round(hist.first_step_seconds, 3),
             "fit_wall_s": round(fit_wall, 3), "steady_sps": round(hist.samples_per_second, 1),
@@ -138,6 +150,45 @@ def run_mlet_jax(args, ds, model: str, batch: int, kind: str) -> dict:
             "test_auc": round(float(m["auc"]), 5), "test_logloss": round(float(m["logloss"]), 5),
             "eval_s": round(eval_s, 3), "loadavg_before": round(load0, 2), "loadavg_after": round(_others_load(), 2),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def distinct_rows(trainer: Trainer, train, batch: int, seed: int, n_batches: int = 32) -> float:
+    """Mean distinct embedding-table rows of the epoch's first ``n_batches`` batches: the rows a row-sparse step
+    gathers and updates."""
+    counts = []
+    for b in itertools.islice(batches(train, batch, seed=seed), n_batches):
+        rows = np.asarray(trainer.stage.row_ids(jnp.asarray(b["ids"])))
+        counts.append(np.unique(rows[rows >= 0]).size)
+    return float(np.mean(counts))
+
+
+def random_rows_mps(rows: int = 840_543, dim: int = 16, n: int = 1_000_000, repeats: int = 3) -> dict:
+    """This process's random-row rates (M rows/s) on a ``[rows, dim]`` float32 table at ``n`` uniform indices: a
+    JAX gather and a JAX scatter-add (in place), best of ``repeats``."""
+    rng = np.random.default_rng(0)
+    table = jnp.asarray(rng.standard_normal((rows, dim), dtype=np.float32))
+    idx = jnp.asarray(rng.integers(0, rows, n).astype(np.int32))
+    g = jnp.full((n, dim), 1e-6, jnp.float32)
+    gather = jax.jit(lambda t, i: t.at[i].get(mode="promise_in_bounds"))
+    scatter = jax.jit(lambda t, i, g: t.at[i].add(g), donate_argnums=0)
+    held = {"t": table + 0.0}
+
+    def scatter_once():
+        held["t"] = scatter(held["t"], idx, g)
+        held["t"].block_until_ready()
+
+    return {"jax_gather_Mrows_per_s": n / best_of(lambda: gather(table, idx).block_until_ready(), reps=repeats) / 1e6,
+            "jax_scatter_add_Mrows_per_s": n / best_of(scatter_once, reps=repeats) / 1e6}
+
+
+def floor_ms(gflop: float, rows: float, ceil: dict) -> tuple[float, float]:
+    """``(FLOP floor, row floor)`` of a single-layer Adagrad step in ms: its FLOPs at the matmul ceiling, and for
+    every distinct row the four random row accesses no row-sparse Adagrad step avoids (gather the row and its
+    accumulator, scatter-add both) at the in-run random-row rates (NaN without them)."""
+    f_ms = 1e3 * gflop / ceil["matmul_gflops"]
+    g, s = ceil.get("jax_gather_Mrows_per_s"), ceil.get("jax_scatter_add_Mrows_per_s")
+    r_ms = 1e3 * rows * (2 / (1e6 * g) + 2 / (1e6 * s)) if g and s and rows == rows else float("nan")
+    return f_ms, r_ms
 
 
 def run_ceilings(args) -> dict:
@@ -188,8 +239,9 @@ def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
     lines = ["| model | batch | DeepCTR-Torch samples/s | mlet_jax single samples/s | ratio | "
              f"mlet_jax MLET k={inner_dim} samples/s | MLET slowdown | AUC DeepCTR / single / MLET | "
              "AUC single - DeepCTR (+- Welch se) | LogLoss DeepCTR / single / MLET | "
-             "single: GFLOP/step, % of matmul ceiling | 10x DeepCTR: step budget / FLOP floor ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "single: GFLOP/step, % of matmul ceiling | single: distinct rows/step, step / floor | "
+             "10x DeepCTR: step budget / floor ms (FLOPs + rows) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda k: (list(MODEL_NAMES).index(k[0]), k[1]))
     for model, batch in keys:
         here = [r for r in rows if r["model"] == model and r["batch_size"] == batch]
@@ -197,17 +249,23 @@ def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
         s = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "single"]
         m = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "mlet"]
         ds_, ss, ms = _med(d, "steady_sps"), _med(s, "steady_sps"), _med(m, "steady_sps")
-        floor = budget = ""
+        floor = rows = budget = ""
         if s and gflops:
             gf = _med(s, "step_flops") / 1e9
             floor = f"{gf:.2f}, {100 * gf * ss / batch / gflops:.0f}%"
-            if d:  # the step time 10x DeepCTR-Torch's samples/s allows, against the FLOPs at the matmul ceiling
-                b_ms, f_ms = 1e3 * batch / (10 * ds_), 1e3 * gf / gflops
-                budget = f"{b_ms:.1f} / {f_ms:.1f}" + (" (below the floor)" if b_ms < f_ms else "")
+            n_rows = _med(s, "distinct_rows") if all("distinct_rows" in r for r in s) else float("nan")
+            f_ms, r_ms = floor_ms(gf, n_rows, {**ceil, "matmul_gflops": gflops})
+            if r_ms == r_ms:
+                rows = f"{n_rows:,.0f}, {1e3 * batch / ss / (f_ms + r_ms):.1f}x"
+            if d:  # the step time 10x DeepCTR-Torch's samples/s allows, against the floor
+                b_ms = 1e3 * batch / (10 * ds_)
+                fl = f_ms + (r_ms if r_ms == r_ms else 0.0)
+                budget = (f"{b_ms:.1f} / {f_ms:.1f}" + (f" + {r_ms:.1f}" if r_ms == r_ms else "")
+                          + (" (below the floor)" if b_ms < fl else ""))
         auc = " / ".join(_mean_sd(rs, "test_auc") for rs in (d, s, m))
         ll = " / ".join(_mean_sd(rs, "test_logloss") for rs in (d, s, m))
         lines.append(f"| {model} | {batch} | {_num(ds_)} | {_num(ss)} | {_ratio(ss, ds_, 1)} | {_num(ms)} | "
-                     f"{_ratio(ss, ms, 2)} | {auc} | {_gap(s, d)} | {ll} | {floor} | {budget} |")
+                     f"{_ratio(ss, ms, 2)} | {auc} | {_gap(s, d)} | {ll} | {floor} | {rows} | {budget} |")
     return "\n".join(lines)
 
 
@@ -239,6 +297,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--smoke", action="store_true", help="tiny generated data, batch 64, no DeepCTR-Torch")
     ap.add_argument("--workdir", default=None, help="with --smoke: where the tiny arrays go (default: a new "
                     "temporary folder)")
+    ap.add_argument("--ceiling-rows", type=int, default=1_000_000,
+                    help="random row indices for the in-run gather / scatter-add ceilings of the row floor")
     ap.add_argument("--out", default="", help="append JSON lines here")
     ap.add_argument("--md", default="", help="write the markdown table here")
     ap.add_argument("--table-from", default="", help="only print the markdown table of this JSONL file's rows")
@@ -261,6 +321,7 @@ def main(argv=None) -> list[dict]:
     if args.smoke:
         args.data = write_tiny_arrays(os.path.join(args.workdir or tempfile.mkdtemp(prefix="vs_smoke_"), "tiny"))
         args.no_deepctr, args.batch_sizes, args.inner_dim = True, "64", 8
+        args.ceiling_rows = min(args.ceiling_rows, 10_000)
     require_path(ap, args.data, "--data", PEER_DATA_ENV, files=("_train.npz", "_test.npz"))
     if not args.no_deepctr or args.ceilings:
         require_path(ap, args.deepctr_python, "--deepctr-python", DEEPCTR_PYTHON_ENV)
@@ -271,6 +332,7 @@ def main(argv=None) -> list[dict]:
     ceil = run_ceilings(args) if args.ceilings else {}
     mm = [bench_ceilings.matmul_gflops(3)]  # this process's matmul ceiling, before and after the runs
     ceil["matmul_gflops"] = mm[0]["matmul_gflops"]
+    ceil.update(random_rows_mps(n=args.ceiling_rows))
     print(json.dumps({"ceilings": ceil, "matmul_before": mm[0]}), flush=True)
 
     def emit(rec, seed):
@@ -316,4 +378,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    reexec_with_tuned_malloc()  # as the command line trains (mlet_jax.runtime)
     main()

@@ -69,3 +69,18 @@ def reexec_with_tuned_malloc() -> bool:
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     return True  # not reached
+
+
+def untuned_env() -> dict[str, str]:
+    """``os.environ`` without what :func:`reexec_with_tuned_malloc` added (:data:`TUNABLES` and the re-run mark):
+    the environment for a child process that should run as it would have without us (a peer library's benchmark).
+    """
+    env = dict(os.environ)
+    env.pop(_RERUN, None)
+    ours = set(TUNABLES.split(":"))
+    rest = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t not in ours]
+    if rest:
+        env["GLIBC_TUNABLES"] = ":".join(rest)
+    else:
+        env.pop("GLIBC_TUNABLES", None)
+    return env

@@ -162,3 +162,13 @@ def test_bench_malloc_argument_errors(capsys):
     with pytest.raises(SystemExit) as e:
         bench_malloc.main(["--rounds", "0"])
     assert e.value.code == 2 and "--rounds: must be >= 1" in capsys.readouterr().err
+
+
+def test_untuned_env_drops_only_what_the_rerun_added(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.tcache_count=7:{runtime.TUNABLES}")
+    monkeypatch.setenv("MLET_MALLOC_RERUN", "1")
+    env = runtime.untuned_env()
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=7" and "MLET_MALLOC_RERUN" not in env
+    monkeypatch.setenv("GLIBC_TUNABLES", runtime.TUNABLES)
+    assert "GLIBC_TUNABLES" not in runtime.untuned_env()
+    assert runtime.untuned_env()["PATH"] == os.environ["PATH"]
