@@ -44,7 +44,7 @@ from flax import traverse_util
 from mlet_jax import distributed, row_sparse
 from mlet_jax import metrics as metrics_lib
 from mlet_jax.checkpoint import Checkpointer, CheckpointWarning
-from mlet_jax.data.base import Split, batches, epoch_order
+from mlet_jax.data.base import Split, batches, epoch_order, take_rows
 from mlet_jax.models import presets
 from mlet_jax.optim import OptimizerSpec, partitioned
 from mlet_jax.row_sparse import RowSparse
@@ -978,9 +978,7 @@ def _process_batches(trainer: Trainer, train: Split, batch_size: int, seed: int,
     order = epoch_order(len(train), seed=seed, shuffle=True, epoch=epoch)
     for start in range(0, (len(train) // batch_size) * batch_size, batch_size):
         # the same rows, in the same order, as batches() puts at lo:hi of the global batch
-        idx = np.sort(order[start:start + batch_size])[lo:hi]
-        yield {"dense": np.asarray(train.dense[idx], np.float32), "ids": np.asarray(train.ids[idx], np.int32),
-               "label": np.asarray(train.label[idx], np.float32)}
+        yield take_rows(train, np.sort(order[start:start + batch_size])[lo:hi])
 
 
 @jax.jit

@@ -176,8 +176,19 @@ def batches(split: Split, batch_size: int, *, seed: int | None = 0, shuffle: boo
         idx = order[lo:lo + batch_size]
         if shuffle:
             idx = np.sort(idx)  # sequential reads from memory maps; order inside a batch is irrelevant
-        yield {"dense": np.asarray(split.dense[idx], np.float32), "ids": np.asarray(split.ids[idx], np.int32),
-               "label": np.asarray(split.label[idx], np.float32)}
+        yield take_rows(split, idx)
+
+
+def take_rows(split: Split, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"dense", "ids", "label"}`` of the rows ``idx`` as float32 / int32 / float32 numpy arrays (one batch)."""
+    return {"dense": _take(split.dense, idx, np.float32), "ids": _take(split.ids, idx, np.int32),
+            "label": _take(split.label, idx, np.float32)}
+
+
+def _take(a, idx: np.ndarray, dtype) -> np.ndarray:
+    if isinstance(a, np.ndarray):  # memory maps too; np.take copies rows ~3x faster than a[idx] (0.06 vs 0.19 ms for
+        return np.asarray(np.take(a, idx, axis=0), dtype)  # 1024 rows of 26 int32 ids)
+    return np.asarray(a[idx], dtype)
 
 
 def epoch_order(n: int, *, seed: int | None, shuffle: bool, block: int = 4096, epoch: int = 0) -> np.ndarray:
