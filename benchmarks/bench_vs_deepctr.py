@@ -249,14 +249,14 @@ def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
         s = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "single"]
         m = [r for r in here if r["lib"] == "mlet_jax" and r.get("kind") == "mlet"]
         ds_, ss, ms = _med(d, "steady_sps"), _med(s, "steady_sps"), _med(m, "steady_sps")
-        floor = rows = budget = ""
+        floor = row_floor = budget = ""
         if s and gflops:
             gf = _med(s, "step_flops") / 1e9
             floor = f"{gf:.2f}, {100 * gf * ss / batch / gflops:.0f}%"
             n_rows = _med(s, "distinct_rows") if all("distinct_rows" in r for r in s) else float("nan")
             f_ms, r_ms = floor_ms(gf, n_rows, {**ceil, "matmul_gflops": gflops})
             if r_ms == r_ms:
-                rows = f"{n_rows:,.0f}, {1e3 * batch / ss / (f_ms + r_ms):.1f}x"
+                row_floor = f"{n_rows:,.0f}, {1e3 * batch / ss / (f_ms + r_ms):.1f}x"
             if d:  # the step time 10x DeepCTR-Torch's samples/s allows, against the floor
                 b_ms = 1e3 * batch / (10 * ds_)
                 fl = f_ms + (r_ms if r_ms == r_ms else 0.0)
@@ -265,7 +265,7 @@ def markdown(rows: list[dict], ceil: dict, inner_dim: int = 64) -> str:
         auc = " / ".join(_mean_sd(rs, "test_auc") for rs in (d, s, m))
         ll = " / ".join(_mean_sd(rs, "test_logloss") for rs in (d, s, m))
         lines.append(f"| {model} | {batch} | {_num(ds_)} | {_num(ss)} | {_ratio(ss, ds_, 1)} | {_num(ms)} | "
-                     f"{_ratio(ss, ms, 2)} | {auc} | {_gap(s, d)} | {ll} | {floor} | {rows} | {budget} |")
+                     f"{_ratio(ss, ms, 2)} | {auc} | {_gap(s, d)} | {ll} | {floor} | {row_floor} | {budget} |")
     return "\n".join(lines)
 
 

@@ -91,7 +91,10 @@ def test_markdown_row_floor():
             dict(base, lib="mlet_jax", kind="single", model="DCN", steady_sps=60_000.0, step_flops=2e9,
                  distinct_rows=10_000.0)]
     ceil = {"matmul_gflops": 200.0, "jax_gather_Mrows_per_s": 20.0, "jax_scatter_add_Mrows_per_s": 40.0}
-    line = bench_vs_deepctr.markdown(rows, ceil).splitlines()[-1]
+    rows += [dict(r, model="NFM") for r in rows]  # a second model: every row of the table
+    lines = bench_vs_deepctr.markdown(rows, ceil).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| DCN |") and lines[3].startswith("| NFM |")
+    line = lines[2]
     # by hand: 10,000 rows x (2 gathers at 20M/s + 2 scatter-adds at 40M/s) = 1.0 + 0.5 ms; FLOPs 2 GFLOP at 200:
     # 10 ms; the step is 1024 / 60,000 s = 17.07 ms = 1.48x the 11.5 ms floor; 10x DeepCTR-Torch allows 10.24 ms
     assert "| 10,000, 1.5x | 10.2 / 10.0 + 1.5 (below the floor) |" in line
