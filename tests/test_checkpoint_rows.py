@@ -182,6 +182,7 @@ print("OK")
 def test_rows_restore_into_a_sharded_target(tmp_path):
     # a single-device checkpoint resumed on an 8-device mesh: each device's rows read and placed on it
     code = textwrap.dedent(MESH).replace("PATH", repr(str(tmp_path / "ck")))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+           + " --xla_force_host_platform_device_count=8", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]

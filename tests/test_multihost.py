@@ -43,7 +43,8 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+           + f" --xla_force_host_platform_device_count={devices}"}
 
 
 def _one(args: list[str]) -> None:
