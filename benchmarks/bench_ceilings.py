@@ -135,6 +135,28 @@ def measure_jax(batch: int = 4096, repeats: int = 5) -> dict:
     return out
 
 
+def jax_random_rows(table, idx, repeats: int = 5) -> dict:
+    """JAX's random-row rates (M rows/s) at the row indices ``idx`` of the numpy ``table``: a gather
+    (``jax_random_Mrows_per_s``) and an in-place scatter-add (``jax_random_scatter_add_Mrows_per_s``), best of
+    ``repeats``."""
+    import jax
+    import jax.numpy as jnp
+
+    jt, ji = jnp.asarray(table), jnp.asarray(idx)
+    gather = jax.jit(lambda t, i: t.at[i].get(mode="promise_in_bounds"))
+    out = {"jax_random_Mrows_per_s": len(idx) / _best(lambda: gather(jt, ji).block_until_ready(), repeats) / 1e6}
+    scatter = jax.jit(lambda t, i, g: t.at[i].add(g), donate_argnums=0)
+    g = jnp.ones((len(idx), table.shape[1]), jnp.float32) * 1e-6
+    state = {"t": jt}
+
+    def scatter_once():
+        state["t"] = scatter(state["t"], ji, g)
+        state["t"].block_until_ready()
+
+    out["jax_random_scatter_add_Mrows_per_s"] = len(idx) / _best(scatter_once, repeats) / 1e6
+    return out
+
+
 def measure(batch: int = 4096, repeats: int = 5, copy_mib: int = 256, gather_n: int = 1_000_000,
             rows: int = PEER_ROWS, dim: int = 16) -> dict:
     """Every ceiling of the module docstring, as one flat dict (best of ``repeats``)."""
@@ -166,18 +188,7 @@ def measure(batch: int = 4096, repeats: int = 5, copy_mib: int = 256, gather_n: 
     idx = rng.integers(0, rows, gather_n).astype(np.int32)
     buf = np.empty((gather_n, dim), np.float32)
     out["numpy_random_Mrows_per_s"] = gather_n / _best(lambda: np.take(table, idx, axis=0, out=buf), repeats) / 1e6
-    jt, ji = jnp.asarray(table), jnp.asarray(idx)
-    gather = jax.jit(lambda t, i: t.at[i].get(mode="promise_in_bounds"))
-    out["jax_random_Mrows_per_s"] = gather_n / _best(lambda: gather(jt, ji).block_until_ready(), repeats) / 1e6
-    scatter = jax.jit(lambda t, i, g: t.at[i].add(g), donate_argnums=0)
-    g = jnp.ones((gather_n, dim), jnp.float32) * 1e-6
-    state = {"t": jt}
-
-    def scatter_once():
-        state["t"] = scatter(state["t"], ji, g)
-        state["t"].block_until_ready()
-
-    out["jax_random_scatter_add_Mrows_per_s"] = gather_n / _best(scatter_once, repeats) / 1e6
+    out.update(jax_random_rows(table, idx, repeats))
     out["config"] = {"batch": batch, "repeats": repeats, "copy_mib": copy_mib, "gather_n": gather_n,
                      "table": [rows, dim], "jax": jax.__version__, "numpy": np.__version__,
                      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}

@@ -61,7 +61,6 @@ from benchmarks.common import (
     PEER_BENCH_ENV,
     PEER_DATA_ENV,
     add_external_path,
-    best_of,
     machine,
     require_path,
     step_gflop,
@@ -162,31 +161,12 @@ def distinct_rows(trainer: Trainer, train, batch: int, seed: int, n_batches: int
     return float(np.mean(counts))
 
 
-def random_rows_mps(rows: int = 840_543, dim: int = 16, n: int = 1_000_000, repeats: int = 3) -> dict:
-    """This process's random-row rates (M rows/s) on a ``[rows, dim]`` float32 table at ``n`` uniform indices: a
-    JAX gather and a JAX scatter-add (in place), best of ``repeats``."""
-    rng = np.random.default_rng(0)
-    table = jnp.asarray(rng.standard_normal((rows, dim), dtype=np.float32))
-    idx = jnp.asarray(rng.integers(0, rows, n).astype(np.int32))
-    g = jnp.full((n, dim), 1e-6, jnp.float32)
-    gather = jax.jit(lambda t, i: t.at[i].get(mode="promise_in_bounds"))
-    scatter = jax.jit(lambda t, i, g: t.at[i].add(g), donate_argnums=0)
-    held = {"t": table + 0.0}
-
-    def scatter_once():
-        held["t"] = scatter(held["t"], idx, g)
-        held["t"].block_until_ready()
-
-    return {"jax_gather_Mrows_per_s": n / best_of(lambda: gather(table, idx).block_until_ready(), reps=repeats) / 1e6,
-            "jax_scatter_add_Mrows_per_s": n / best_of(scatter_once, reps=repeats) / 1e6}
-
-
 def floor_ms(gflop: float, rows: float, ceil: dict) -> tuple[float, float]:
     """``(FLOP floor, row floor)`` of a single-layer Adagrad step in ms: its FLOPs at the matmul ceiling, and for
     every distinct row the four random row accesses no row-sparse Adagrad step avoids (gather the row and its
     accumulator, scatter-add both) at the in-run random-row rates (NaN without them)."""
     f_ms = 1e3 * gflop / ceil["matmul_gflops"]
-    g, s = ceil.get("jax_gather_Mrows_per_s"), ceil.get("jax_scatter_add_Mrows_per_s")
+    g, s = ceil.get("jax_random_Mrows_per_s"), ceil.get("jax_random_scatter_add_Mrows_per_s")
     r_ms = 1e3 * rows * (2 / (1e6 * g) + 2 / (1e6 * s)) if g and s and rows == rows else float("nan")
     return f_ms, r_ms
 
@@ -332,7 +312,10 @@ def main(argv=None) -> list[dict]:
     ceil = run_ceilings(args) if args.ceilings else {}
     mm = [bench_ceilings.matmul_gflops(3)]  # this process's matmul ceiling, before and after the runs
     ceil["matmul_gflops"] = mm[0]["matmul_gflops"]
-    ceil.update(random_rows_mps(n=args.ceiling_rows))
+    rng = np.random.default_rng(0)  # the row floor's rates: uniform rows of a peer-sized 840,543 x 16 table
+    ceil.update(bench_ceilings.jax_random_rows(
+        rng.standard_normal((bench_ceilings.PEER_ROWS, 16), dtype=np.float32),
+        rng.integers(0, bench_ceilings.PEER_ROWS, args.ceiling_rows).astype(np.int32), repeats=3))
     print(json.dumps({"ceilings": ceil, "matmul_before": mm[0]}), flush=True)
 
     def emit(rec, seed):
