@@ -10,8 +10,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 # (test_multirun's vmapped Adagrad MLET against sequential runs, float32, 1e-6) is validated with optimized code,
 # whose rounding differs from the unoptimized code's by up to 1.5e-6 in one table entry of 14,648.
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:  # xdist workers inherit the controller's choice
-    level = 3 if "slow" in " ".join(sys.argv[1:]) else 0  # 3: XLA's default
-    os.environ["XLA_FLAGS"] += f" --xla_backend_optimization_level={level}"
+    _args = sys.argv[1:]
+    _marks = _args[_args.index("-m") + 1] if "-m" in _args[:-1] else ""  # pyproject's own "not slow" is not in argv
+    _level = 3 if "slow" in _marks and _marks.strip() != "not slow" else 0  # 3: XLA's default
+    os.environ["XLA_FLAGS"] += f" --xla_backend_optimization_level={_level}"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
