@@ -66,6 +66,41 @@ def step_gflop(trainer, state, batch) -> float:
     return float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
 
 
+def body_step(trainer, state, batch) -> tuple[Callable, tuple]:
+    """``(fn, args)``: the model body alone of ``trainer``'s train step on ``batch``, jitted; ``fn(*args)`` returns
+    ``(loss, g_rest, g_features)``: forward and backward of everything after the embedding stage (interaction, MLPs,
+    heads, loss), the gradient with respect to the features included, in the step's chunks of samples
+    (:func:`mlet_jax.row_sparse.body_value_and_grad`), on the features of ``state``'s tables."""
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from mlet_jax import row_sparse
+
+    batch = {k: jnp.asarray(v) for k, v in trainer.check_batch(dict(batch)).items()}
+    n_b = int(batch["ids"].shape[0])
+    features = trainer.model.apply({"params": state.params}, batch["dense"], batch["ids"],
+                                   method=lambda m, d, i: m.tables(d, i))
+    tables = set(trainer.table_paths)
+    rest = {k: v for k, v in traverse_util.flatten_dict(state.params).items() if k not in tables}
+    fn = jax.jit(lambda rest, features, batch: row_sparse.body_value_and_grad(
+        trainer.model, trainer._loss_fn(n_b), rest, features, batch, trainer.chunk_samples, train=True))
+    return fn, (rest, features, batch)
+
+
+def body_seconds(trainer, state, batch, reps: int = 20) -> float:
+    """Seconds of the model body alone (:func:`body_step`) on ``batch``: the fastest of ``reps`` timed calls after a
+    warm-up one.
+
+    A train step adds the embedding stage (dedup, compaction, gather, MLET projection, the occurrences' lookup and
+    its gradient) and every optimizer update to this, so a step time below it cannot be reached without a faster
+    body: the floor of the step's dense part as this machine's XLA runs it (against the FLOP floor of
+    :func:`step_gflop`, which assumes every matmul at the large-matmul rate).
+    """
+    fn, args = body_step(trainer, state, batch)
+    return best_of(fn, *args, reps=reps)
+
+
 def round_robin(steps: dict[Hashable, Callable], states: dict, batch_at: Callable[[int], Any],
                 rounds: int) -> dict[Hashable, list[float]]:
     """Seconds of ``rounds`` train steps per key, one step of every key per round (in ``steps``' order).
