@@ -490,7 +490,7 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
     dense = batch["dense"]
 
     def grads(rows_G, ref_BxS, tile_field_T):
-        gathered = {p: t.at[rows_G].get(mode="promise_in_bounds") for p, t in tables.items()}
+        gathered = {p: gather_rows(t, rows_G) for p, t in tables.items()}
 
         if chunk is None or chunk >= ids_BxS.shape[0]:
             def loss_of(rest_p, rows_p):
@@ -530,6 +530,26 @@ def value_and_grad(model, loss_fn: Callable, params: Mapping, batch: Mapping, sc
     return loss, g._replace(scratch_N=scratch_N)
 
 
+# Table widths whose rows are gathered inside an elementwise loop fusion (gather_rows). XLA CPU (jax 0.10) emits a
+# gather that ends its fusion 2.2x slower for rows of 64 floats (MLET's usual k) than the same gather followed by an
+# elementwise op: 0.58-0.62 against 0.25-0.30 ms for 7,488 rows of an 840,543 x 64 table; at width 32 the multiply
+# is slower (0.28 against 0.22 ms), at 128 level, at 16 slightly slower (BENCHMARKS.md, issue 19 on the Intel box).
+ELEMENTWISE_GATHER_WIDTHS = frozenset({64})
+
+
+def gather_rows(table: jax.Array, rows: jax.Array) -> jax.Array:
+    """``table[rows]`` for in-bounds ``rows``: the compact step's gather of the batch's distinct rows. For a table
+    width in :data:`ELEMENTWISE_GATHER_WIDTHS` the rows are multiplied by a one that XLA cannot fold,
+    ``1 + 0 * float32(rows[0])`` (exactly 1.0 for every int32 row), which makes XLA emit the gather as an
+    elementwise loop. The result is the gathered value, NaN and inf included, except that a subnormal entry reads as
+    0, as in every elementwise op of XLA CPU (flush to zero); the table itself is not touched, and the loops that
+    write rows back as read (:func:`read_rows`) use the plain gather."""
+    x = table.at[rows].get(mode="promise_in_bounds")
+    if table.ndim != 2 or table.shape[1] not in ELEMENTWISE_GATHER_WIDTHS or rows.size == 0:
+        return x
+    return x * (1 + 0 * rows.reshape(-1)[0].astype(jnp.float32)).astype(x.dtype)
+
+
 def read_rows(tables: Mapping, rows_R: jax.Array) -> tuple[dict, dict]:
     """``(rows, tables)``: each table's rows ``rows_R`` gathered, and the tables with their first row written back as
     read (unchanged values). A loop that reads rows of a table it carries this way owns the table: whatever takes the
@@ -557,7 +577,7 @@ def _spilling_value_and_grad(model, loss_fn, tables, rest, c: Compact, batch, ti
                 jax.lax.dynamic_slice_in_dim(c.tile_field_T, capacity_tiles + i * spill_tiles, spill_tiles))
 
     def gather(rows):
-        return {p: t.at[rows].get(mode="promise_in_bounds") for p, t in tables.items()}
+        return {p: gather_rows(t, rows) for p, t in tables.items()}
 
     def project(rest_p, rows_p, tile_field):
         return stage.project_rows(traverse_util.unflatten_dict(rest_p), rows_p, c.ref_BxS, tile_field)

@@ -307,3 +307,26 @@ def test_spilling_step_updates_the_tables_in_place(monkeypatch, model_name):
     shapes = {f"f32[{t.shape[0]},{t.shape[1]}]" for t in tables.values()}
     copies = [m for m in re.findall(r"= (f32\[\d+,\d+\])\{[^}]*\} copy\(", hlo) if m in shapes]
     assert not copies, copies
+
+
+@pytest.mark.parametrize("width", [64, 16])
+def test_gather_rows_is_the_table_rows_bit_for_bit(width):
+    """``row_sparse.gather_rows`` (an elementwise multiply by a one XLA cannot fold, at width 64) against numpy's
+    ``take``: the same bits, for NaN, inf and -0 entries, under jit, with repeated rows and row 0; a subnormal entry
+    reads as itself or as 0 (XLA CPU's elementwise ops flush subnormals to zero)."""
+    from mlet_jax import row_sparse
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(1000, width)).astype(np.float32)
+    table[3, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    table[5, 0] = np.float32(1e-45)  # subnormal
+    rows = np.concatenate([[3, 5, 0, 999, 3], rng.integers(0, 1000, 300)]).astype(np.int32)
+    got = np.asarray(jax.jit(row_sparse.gather_rows)(jnp.asarray(table), jnp.asarray(rows)))
+    want = np.take(table, rows, axis=0)
+    sub = (want != 0) & (np.abs(want) < np.finfo(np.float32).tiny)
+    assert sub.sum() >= 1 and np.all((got[sub] == want[sub]) | (got[sub] == 0))
+    np.testing.assert_array_equal(got[~sub].view(np.uint32), want[~sub].view(np.uint32))
+    # the row that decides the one may be any int32 row, the largest included
+    big = np.full(4, 2**31 - 1, np.int32)
+    one = jax.jit(lambda r: (1 + 0 * r[0].astype(jnp.float32)))(jnp.asarray(big))
+    assert float(one) == 1.0
