@@ -73,7 +73,6 @@ def body_step(trainer, state, batch) -> tuple[Callable, tuple]:
     (:func:`mlet_jax.row_sparse.body_value_and_grad`), on the features of ``state``'s tables."""
     import jax
     import jax.numpy as jnp
-    from flax import traverse_util
 
     from mlet_jax import row_sparse
 
@@ -81,8 +80,7 @@ def body_step(trainer, state, batch) -> tuple[Callable, tuple]:
     n_b = int(batch["ids"].shape[0])
     features = trainer.model.apply({"params": state.params}, batch["dense"], batch["ids"],
                                    method=lambda m, d, i: m.tables(d, i))
-    tables = set(trainer.table_paths)
-    rest = {k: v for k, v in traverse_util.flatten_dict(state.params).items() if k not in tables}
+    _, rest = row_sparse.split_tables(state.params, trainer.table_paths)
     fn = jax.jit(lambda rest, features, batch: row_sparse.body_value_and_grad(
         trainer.model, trainer._loss_fn(n_b), rest, features, batch, trainer.chunk_samples, train=True))
     return fn, (rest, features, batch)
